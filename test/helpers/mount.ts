@@ -1,0 +1,112 @@
+/**
+ * Kernel-side checks of composefs images (privileged tier on the host, and inside the vm-tier guest):
+ * mount an image as erofs, stack overlayfs on it with the object store as a data-only lower layer — the way
+ * composefs is mounted at boot — and compare what the kernel shows with the source tree.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { promises as fsp, mkdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { lgetxattrs } from '../../src/sys/libc.js';
+
+export interface MountedComposefs {
+  erofs: string;
+  root: string;
+  unmount(): void;
+}
+
+function mount(args: string[]): void {
+  execFileSync('mount', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+}
+export function umount(target: string): void {
+  try {
+    execFileSync('umount', [target], { stdio: 'ignore' });
+  } catch {
+    execFileSync('umount', ['-l', target], { stdio: 'ignore' });
+  }
+}
+
+/**
+ * Mount IMAGE (erofs via a loop device, read-only) at WORK/erofs and an overlayfs with
+ * lowerdir=WORK/erofs::OBJECTS at WORK/root. `verity` adds verity=require (needs a kernel with fs-verity).
+ */
+export function mountComposefs(image: string, objects: string, work: string, opts: { verity?: boolean } = {}): MountedComposefs {
+  const erofs = path.join(work, 'erofs');
+  const root = path.join(work, 'root');
+  mkdirSync(erofs, { recursive: true });
+  mkdirSync(root, { recursive: true });
+  mount(['-t', 'erofs', '-o', 'loop,ro', image, erofs]);
+  try {
+    const o = [`ro,lowerdir=${erofs}::${objects}`, 'metacopy=on', 'redirect_dir=on'];
+    if (opts.verity) o.push('verity=require');
+    mount(['-t', 'overlay', 'overlay', '-o', o.join(','), root]);
+  } catch (e) {
+    umount(erofs);
+    throw e;
+  }
+  return {
+    erofs,
+    root,
+    unmount() {
+      umount(root);
+      umount(erofs);
+    },
+  };
+}
+
+export interface EntryView {
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: bigint;
+  mtimeNs: bigint;
+  rdev: number;
+  nlink: number;
+  target?: string;
+  contentSha256?: string;
+  xattrs: Record<string, string>;
+}
+
+function typeOf(st: import('node:fs').BigIntStats): string {
+  if (st.isDirectory()) return 'dir';
+  if (st.isFile()) return 'reg';
+  if (st.isSymbolicLink()) return 'lnk';
+  if (st.isCharacterDevice()) return 'chr';
+  if (st.isBlockDevice()) return 'blk';
+  if (st.isFIFO()) return 'fifo';
+  if (st.isSocket()) return 'sock';
+  return '?';
+}
+
+/** Every path under ROOT (relative byte-string paths, latin1) with what lstat/readlink/read/xattrs show. */
+export async function snapshotTree(root: string, opts: { content?: boolean } = {}): Promise<Map<string, EntryView>> {
+  const out = new Map<string, EntryView>();
+  const rootBuf = Buffer.from(root);
+  const visit = async (rel: Buffer) => {
+    const full = rel.length ? Buffer.concat([rootBuf, Buffer.from('/'), rel]) : rootBuf;
+    const st = await fsp.lstat(full, { bigint: true });
+    const xa: Record<string, string> = {};
+    for (const [k, v] of lgetxattrs(full)) xa[k] = v.toString('hex');
+    const e: EntryView = {
+      type: typeOf(st),
+      mode: Number(st.mode),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      size: st.size,
+      mtimeNs: st.mtimeNs,
+      rdev: Number(st.rdev),
+      nlink: Number(st.nlink),
+      xattrs: xa,
+    };
+    if (e.type === 'lnk') e.target = (await fsp.readlink(full, { encoding: 'buffer' })).toString('latin1');
+    if (e.type === 'reg' && opts.content !== false) e.contentSha256 = createHash('sha256').update(readFileSync(full)).digest('hex');
+    out.set('/' + rel.toString('latin1'), e);
+    if (e.type === 'dir') {
+      const names = (await fsp.readdir(full, { encoding: 'buffer' })) as Buffer[];
+      for (const n of names) await visit(rel.length ? Buffer.concat([rel, Buffer.from('/'), n]) : n);
+    }
+  };
+  await visit(Buffer.alloc(0));
+  return out;
+}
