@@ -14,7 +14,7 @@ import { BootcfsError, SystemError } from '../errors.js';
 import type { HashAlgorithm } from './digest.js';
 import type { LeafJob, LeafResult } from './worker.js';
 
-const IDLE_MS = 3000;
+const IDLE_MS = 30_000;
 
 interface QueuedJob {
   job: LeafJob;
@@ -90,7 +90,9 @@ export class HashWorkerPool {
 
   private spawn(): Slot {
     this.clearIdleTimer();
-    const worker = new Worker(new URL('./worker.js', import.meta.url));
+    // execArgv: [] — the worker needs no flags of the parent, and some (e.g. --input-type with
+    // `node -e`) make a Worker fail to start.
+    const worker = new Worker(new URL('./worker.js', import.meta.url), { execArgv: [] });
     const slot: Slot = { worker, current: undefined };
     this.slots.add(slot);
     worker.on('message', (r: LeafResult) => this.onResult(slot, r));

@@ -65,6 +65,68 @@ export async function withAtomicFile(
   }
 }
 
+/**
+ * A file being created atomically, for callers that want to claim the target early (fail fast when
+ * the directory is missing or not writable) and produce the content later: `create()` opens the
+ * temporary file, `write()` appends, `commit()` makes it durable and renames it over the target,
+ * `discard()` removes it. Until `commit()` the target is untouched.
+ */
+export class AtomicFile {
+  private done = false;
+  private constructor(
+    readonly target: string,
+    readonly tempPath: string,
+    private readonly handle: fsp.FileHandle,
+    private readonly opts: AtomicWriteOptions,
+  ) {}
+
+  static async create(target: string, opts: AtomicWriteOptions = {}): Promise<AtomicFile> {
+    const tmp = tempPathFor(target);
+    const handle = await fsp.open(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    return new AtomicFile(target, tmp, handle, opts);
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < data.length) {
+      const { bytesWritten } = await this.handle.write(data, off, data.length - off);
+      off += bytesWritten;
+    }
+  }
+
+  async commit(): Promise<void> {
+    if (this.done) throw new Error('AtomicFile already committed or discarded');
+    this.done = true;
+    let renamed = false;
+    try {
+      try {
+        await this.handle.chmod(this.opts.mode ?? 0o644);
+        await this.handle.sync();
+      } finally {
+        await this.handle.close();
+      }
+      await fsp.rename(this.tempPath, this.target);
+      renamed = true;
+      if (this.opts.syncDir ?? true) await fsyncDir(path.dirname(this.target));
+    } finally {
+      if (!renamed) await fsp.rm(this.tempPath, { force: true });
+    }
+  }
+
+  async discard(): Promise<void> {
+    if (this.done) return;
+    this.done = true;
+    await this.handle.close().catch(() => undefined);
+    await fsp.rm(this.tempPath, { force: true });
+  }
+}
+
+/** Permission bits a new file gets from open(..., 0666) under the current umask. */
+export function defaultFileMode(): number {
+  const mask = process.umask();
+  return 0o666 & ~mask;
+}
+
 /** Write `data` to `target` atomically (temp file + fsync + rename + directory fsync). */
 export async function writeFileAtomic(target: string, data: Uint8Array, opts: AtomicWriteOptions = {}): Promise<void> {
   await withAtomicFile(
