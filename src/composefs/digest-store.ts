@@ -140,7 +140,12 @@ export class DigestStore {
         if (errnoOf(e) !== 2) throw this.storeError(e, final);
       }
     }
-    const temp = path.join(await this.tempDir(), `.tmp-${randomBytes(8).toString('hex')}`);
+    // Per-object temporaries share the root with other writers: random names. The batch staging
+    // directory is private to this store object: a counter suffices.
+    const temp =
+      this.durability === 'per-object'
+        ? path.join(await this.tempDir(), `.tmp-${randomBytes(8).toString('hex')}`)
+        : path.join(await this.tempDir(), `${this.tempCounter++}`);
     try {
       await write(temp);
       if (writtenMode !== 0o644) await fsp.chmod(temp, 0o644);
@@ -181,6 +186,7 @@ export class DigestStore {
     return this.stagingDir;
   }
   private stagingDir: Promise<string> | undefined;
+  private tempCounter = 0;
 
   private async removeStagingDir(): Promise<void> {
     const d = this.stagingDir;
@@ -300,5 +306,13 @@ export class DigestStore {
     for (const s of staged) this.known.delete(path.relative(this.root, s.final));
     await Promise.all(staged.map((s) => fsp.rm(s.temp, { force: true })));
     await this.removeStagingDir();
+    // Fan-out directories this session created and that stayed empty go too.
+    const created = [...this.createdDirs];
+    this.createdDirs.clear();
+    await Promise.all(
+      created.map(async ([dir, made]) => {
+        if (await made.catch(() => false)) await fsp.rmdir(dir).catch(() => undefined);
+      }),
+    );
   }
 }

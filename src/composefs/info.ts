@@ -72,6 +72,12 @@ class TreeLoader {
   /** nid → loaded inode; null = skipped (a 0/0 char device in mode 'c'). */
   private readonly nodes = new Map<number, Inode | null>();
   private readonly filter: Set<ByteString> | undefined;
+  /**
+   * One copy per shared xattr entry, shared by every inode that references it: a shared value may be
+   * referenced by any number of inodes, so copying it per inode would let a small image demand
+   * unbounded memory. (Inline values are copied: their bytes are charged to the work budget.)
+   */
+  private readonly sharedValues = new Map<XattrEntry, Buffer>();
 
   constructor(
     private readonly img: ErofsImage,
@@ -120,6 +126,16 @@ class TreeLoader {
     return node;
   }
 
+  private value(x: XattrEntry): Buffer {
+    if (!x.shared) return Buffer.from(x.value);
+    let v = this.sharedValues.get(x);
+    if (!v) {
+      v = Buffer.from(x.value);
+      this.sharedValues.set(x, v);
+    }
+    return v;
+  }
+
   /** Build the model inode (without children). Returns null for inodes mode 'c' skips. */
   private build(ino: ErofsInode): Inode | null {
     const c = this.mode === 'c';
@@ -149,7 +165,7 @@ class TreeLoader {
     else {
       for (const x of ino.xattrs) {
         if (node.xattrs.has(x.name)) throw new FormatError(`inode ${ino.nid}: xattr '${printable(x.name)}' is stored twice`, x.offset);
-        node.xattrs.set(x.name, Buffer.from(x.value));
+        node.xattrs.set(x.name, this.value(x));
       }
     }
     return node;
@@ -158,15 +174,20 @@ class TreeLoader {
   /** lcfs_build_node_erofs_xattr, entry by entry, in on-disk order (inline, then shared). */
   private applyXattrsLikeC(node: Inode, xattrs: readonly XattrEntry[]): void {
     const list: Array<[ByteString, Buffer]> = [];
+    const index = new Map<ByteString, number>();
     const set = (name: ByteString, value: Buffer, at: number) => {
       // stored names may be longer (escaping adds 8 bytes); what the C reader keeps must fit XATTR_NAME_MAX
       if (name.length > XATTR_NAME_MAX) throw new FormatError(`xattr name longer than ${XATTR_NAME_MAX} bytes`, at);
-      const i = list.findIndex(([n]) => n === name);
-      if (i !== -1) {
+      const i = index.get(name);
+      if (i !== undefined) {
         // lcfs_node_unset_xattr: the last entry fills the hole, then the new one is appended
         const last = list.pop()!;
-        if (i < list.length) list[i] = last;
+        if (i < list.length) {
+          list[i] = last;
+          index.set(last[0], i);
+        }
       }
+      index.set(name, list.length);
       list.push([name, value]);
     };
     for (const x of xattrs) {
@@ -189,10 +210,10 @@ class TreeLoader {
       if (name === XATTR_ESCAPED_WHITEOUTS || name === XATTR_USER_WHITEOUT || name === XATTR_USER_WHITEOUTS) continue;
       if (name.startsWith(XATTR_TRUSTED_OVERLAY_PREFIX)) {
         if (!name.startsWith(XATTR_ESCAPED_OVERLAY_PREFIX)) continue;
-        set(XATTR_TRUSTED_OVERLAY_PREFIX + name.slice(XATTR_ESCAPED_OVERLAY_PREFIX.length), Buffer.from(x.value), x.offset);
+        set(XATTR_TRUSTED_OVERLAY_PREFIX + name.slice(XATTR_ESCAPED_OVERLAY_PREFIX.length), this.value(x), x.offset);
         continue;
       }
-      set(name, Buffer.from(x.value), x.offset);
+      set(name, this.value(x), x.offset);
     }
     for (const [n, v] of list) node.xattrs.set(n, v);
   }
@@ -206,9 +227,9 @@ class TreeLoader {
       start += 1;
       len += 1;
     }
-    const stop = Math.min(start + len, this.img.end);
-    const z = buf.indexOf(0, start);
-    return fromBytes(buf.subarray(start, z === -1 || z > stop ? stop : z));
+    const raw = buf.subarray(start, Math.min(start + len, this.img.end));
+    const z = raw.indexOf(0);
+    return fromBytes(z === -1 ? raw : raw.subarray(0, z));
   }
 }
 

@@ -234,6 +234,8 @@ class DumpParser {
   root: Inode | undefined;
   readonly fixups: HardlinkFixup[] = [];
   readonly hardlinkNodes = new Set<Inode>();
+  /** Directory → names of its `@` entries (FileSystem.hardlinkNames). */
+  readonly hardlinkNames = new Map<Inode, Set<ByteString>>();
   private readonly parentCache = new Map<string, Inode>();
 
   constructor(private readonly strict: boolean, private readonly keepDirectorySize: boolean) {}
@@ -436,6 +438,9 @@ class DumpParser {
         throw new ParseError(`Hardlink to a directory is not supported: ${f.targetPath}`, f.line);
       }
       f.parent.entries!.set(f.name, cur);
+      let names = this.hardlinkNames.get(f.parent);
+      if (names === undefined) this.hardlinkNames.set(f.parent, (names = new Set()));
+      names.add(f.name);
     }
   }
 }
@@ -485,5 +490,5 @@ export function parseDumpfile(data: Buffer | string, opts: DumpfileParseOptions 
   }
   if (parser.root === undefined) throw new ParseError('No files in dump file', Math.max(lineNo, 1));
   parser.resolveHardlinks();
-  return { root: parser.root };
+  return parser.hardlinkNames.size > 0 ? { root: parser.root, hardlinkNames: parser.hardlinkNames } : { root: parser.root };
 }

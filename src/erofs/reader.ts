@@ -490,8 +490,8 @@ export class ErofsImage {
       } else {
         if (nameoff >= size) throw new FormatError(`directory ${dirNid}: name offset ${nameoff} past the end of the block`, d + 8);
         // the last name runs to the first NUL (block padding) or the end of the block
-        const z = buf.indexOf(0, start + nameoff);
-        nameEnd = z === -1 || z >= start + size ? size : z - start;
+        const z = buf.subarray(start + nameoff, start + size).indexOf(0);
+        nameEnd = z === -1 ? size : nameoff + z;
       }
       if (nameoff < firstNameoff || nameEnd <= nameoff) {
         throw new FormatError(`directory ${dirNid}: name offsets out of order or out of range (${nameoff}..${nameEnd})`, d + 8);

@@ -6,13 +6,15 @@
  * Steps, in the order the C writer performs them:
  *  1. version selection (`lcfs_write_update_version`),
  *  2. rewrite pass in pre-order over primary nodes: escape `trusted.overlay.*`, add metacopy/redirect
- *     to external files, convert 0/0 char devices to escaped whiteouts and mark their parent, add
- *     `.`/`..`; then `trusted.overlay.opaque=y` on the root and the 256 `00`–`ff` whiteout stubs,
+ *     to external files, convert 0/0 char devices to escaped whiteouts and mark their parent (`.` and
+ *     `..` are sorted into every directory while copying); then `trusted.overlay.opaque=y` on the root
+ *     and the 256 `00`–`ff` whiteout stubs,
  *  3. breadth-first ordering (inode numbers, directory nlink, sorted xattrs, minimum mtime, ACL flag).
  *
- * Hardlinks: the model has no notion of which of several names is "the" file; libcomposefs writes the
- * inode where its non-hardlink dumpfile line sits. Canonical dumpfiles (composefs-info dump, composefs-rs)
- * print the first name in depth-first sorted order in full, so that name is the primary here.
+ * Hardlinks: libcomposefs writes an inode where its non-hardlink dumpfile line sits (its "primary"
+ * name); the other names are dirents only. `FileSystem.hardlinkNames` (filled by the dumpfile parser)
+ * says which names were `@` lines. Without it the first name in depth-first sorted order is the primary,
+ * which is what canonical dumpfiles (composefs-info dump, composefs-rs) print in full.
  */
 import { BootcfsError } from '../errors.js';
 import {
@@ -37,7 +39,7 @@ const PATH_MAX = 4096;
 const NAME_MAX = 255;
 const XATTR_NAME_MAX = 255;
 const DIGEST_SIZE = 32;
-const METACOPY_HEADER = String.fromCharCode(0, 4 + DIGEST_SIZE, 0, FSVERITY_HASH_ALG_SHA256);
+const METACOPY_SCRATCH = Buffer.from([0, 4 + DIGEST_SIZE, 0, FSVERITY_HASH_ALG_SHA256, ...new Array<number>(DIGEST_SIZE).fill(0)]);
 
 const ESCAPED_WHITEOUT = 'trusted.overlay.overlay.whiteout';
 const ESCAPED_WHITEOUTS = 'trusted.overlay.overlay.whiteouts';
@@ -115,7 +117,7 @@ export class WNode {
     this.target = undefined;
     this.xattrs = NO_XATTRS;
     this.parent = parent ?? this;
-    this.dirents = (mode & S_IFMT) === S_IFDIR ? [] : undefined;
+    this.dirents = undefined; // set for directories when their entries are read
   }
 
   get fmt(): number { return this.mode & S_IFMT; }
@@ -278,13 +280,15 @@ function rewriteNode(n: WNode, src: Inode, version: number): void {
     let metacopy = EMPTY;
     if (src.digest !== undefined) {
       if (src.digest.length !== DIGEST_SIZE) throw inval(`digest must be ${DIGEST_SIZE} bytes at ${nodePath(n)}`);
-      // struct ovl_metacopy: version 0, len, flags 0, digest algorithm, digest
-      metacopy = METACOPY_HEADER + src.digest.toString('latin1');
+      // struct ovl_metacopy: version 0, len, flags 0, digest algorithm, digest (built as one flat string)
+      METACOPY_SCRATCH.set(src.digest, 4);
+      metacopy = METACOPY_SCRATCH.toString('latin1');
     }
     n.setXattr(XATTR_OVERLAY_METACOPY, metacopy);
     const payload = src.payload;
     if (payload !== undefined && payload.length > 0) {
       if (payload.length >= PATH_MAX) throw new BootcfsError('ELIMIT', `payload too long at ${nodePath(n)}`);
+      // maybe_join_path("/", payload): a payload that already starts with '/' gives "//…".
       n.setXattr(XATTR_OVERLAY_REDIRECT, '/' + payload);
     }
   } else if (src.payload !== undefined && src.payload.length >= PATH_MAX && n.fmt !== S_IFLNK) {
@@ -325,9 +329,13 @@ export function buildV1Tree(fs: FileSystem, minVersion: number, maxVersion: numb
   preSrc.push(srcRoot);
 
   const stParent: WNode[] = [];
+  const stParentSrc: Inode[] = [];
   const stSlot: number[] = [];
   const stName: ByteString[] = [];
   const stInode: Inode[] = [];
+  const secondaryNames = fs.hardlinkNames;
+  // Dirents of names known to be secondary hardlinks, resolved once every primary exists.
+  const deferred: Array<{ parent: WNode; slot: number; name: ByteString; inode: Inode }> = [];
   const expand = (dir: WNode, src: Inode) => {
     const entries = src.entries;
     if (!entries || entries.size === 0) {
@@ -348,6 +356,7 @@ export function buildV1Tree(fs: FileSystem, minVersion: number, maxVersion: numb
       }
       checkName(name, dir);
       stParent.push(dir);
+      stParentSrc.push(src);
       stSlot.push(i);
       stName.push(name);
       stInode.push(entries.get(name)!);
@@ -356,9 +365,14 @@ export function buildV1Tree(fs: FileSystem, minVersion: number, maxVersion: numb
   expand(root, srcRoot);
   while (stInode.length > 0) {
     const parent = stParent.pop()!;
+    const parentSrc = stParentSrc.pop()!;
     const slot = stSlot.pop()!;
     const name = stName.pop()!;
     const inode = stInode.pop()!;
+    if (secondaryNames !== undefined && secondaryNames.get(parentSrc)?.has(name) === true) {
+      deferred.push({ parent, slot, name, inode });
+      continue;
+    }
     const existing = primaries.get(inode);
     if (existing !== undefined) {
       if (existing.isDir || (inode.mode & S_IFMT) === S_IFDIR) {
@@ -373,6 +387,12 @@ export function buildV1Tree(fs: FileSystem, minVersion: number, maxVersion: numb
     preNodes.push(n);
     preSrc.push(inode);
     if (n.isDir) expand(n, inode);
+  }
+  for (const { parent, slot, name, inode } of deferred) {
+    const target = primaries.get(inode);
+    if (target === undefined) throw inval(`hardlink ${pathIn(parent, name)} has no primary entry in the tree`);
+    if (target.isDir) throw inval(`directory hardlink at ${pathIn(parent, name)}`);
+    parent.dirents![slot] = { name, node: target, link: true };
   }
 
   // ---- version selection: any (primary) 0/0 char device bumps the version to 1 if allowed.

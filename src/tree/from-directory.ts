@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import { BootcfsError, SystemError, errnoName } from '../errors.js';
 import { fsverityDigest, fsverityDigestFile, hashPool, type HashAlgorithm } from '../fsverity/index.js';
 import { DIGEST_SIZE, FSVERITY_BLOCK_SIZE, digestFromRoot, hashBlock } from '../fsverity/digest.js';
-import { lgetxattrs } from '../sys/libc.js';
+import { getLibc, lgetxattrs } from '../sys/libc.js';
 import { DigestStore, objectPathForDigest } from '../composefs/digest-store.js';
 import { Inode, S_IFMT, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, type FileSystem } from './model.js';
 
@@ -56,6 +56,15 @@ const XATTR_ENTRY_OVERHEAD = 7;
 /** Files up to this size are read whole into one reused buffer and hashed on the calling thread. */
 const SMALL_FILE_MAX = 256 * 1024;
 const ERANGE = 34;
+const ENODATA = 61;
+const ENOTSUP = 95;
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+/** STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks. */
+const STATX_BASIC_STATS = 0x7ff;
+/** Linux limits: the name list and one value each fit in 64 KiB. */
+const XATTR_LIST_MAX = 65536;
+const XATTR_SIZE_MAX = 65536;
 
 const SLASH = Buffer.from('/');
 
@@ -101,10 +110,146 @@ function utf8Path(p: Buffer): string | undefined {
 /** A regular file whose content still has to be read (inline) or digested (external). */
 interface ContentJob {
   inode: Inode;
+  /** Full path (no NUL terminator). Shown to users as UTF-8 in messages. */
   path: Buffer;
-  /** Path as the user would see it (for messages). */
-  shown: string;
 }
+
+/** The metadata of one directory entry, as lstat/statx report it. */
+interface Meta {
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  size: number;
+  rdev: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  /** `dev:ino`, only computed when hardlinks are preserved. */
+  key: string | undefined;
+}
+
+type NativeFn = (...args: unknown[]) => number;
+/**
+ * statx(2) and the xattr calls through koffi into reused buffers: per entry no Stats object, no
+ * BigInts, no Dates and no temporary buffers — the scan of a root filesystem is dominated by
+ * exactly this per-entry overhead. Falls back to Node's fs (and libc.ts) when koffi cannot be used.
+ */
+class NativeMeta {
+  private readonly statx: NativeFn;
+  private readonly llistxattr: NativeFn;
+  private readonly lgetxattr: NativeFn;
+  private readonly errno: () => number;
+  private readonly stx = Buffer.alloc(256);
+  private readonly list = Buffer.alloc(XATTR_LIST_MAX);
+  private readonly value = Buffer.alloc(XATTR_SIZE_MAX);
+
+  private constructor(statx: NativeFn, llistxattr: NativeFn, lgetxattr: NativeFn, errno: () => number) {
+    this.statx = statx;
+    this.llistxattr = llistxattr;
+    this.lgetxattr = lgetxattr;
+    this.errno = errno;
+  }
+
+  static create(): NativeMeta | undefined {
+    try {
+      const { koffi } = getLibc();
+      const lib = koffi.load('libc.so.6');
+      // Plain `void *` (not _Out_): koffi then hands the Buffer's memory to C without copying it back.
+      const statx = lib.func('int statx(int dirfd, const char *path, int flags, unsigned int mask, void *buf)') as NativeFn;
+      const llistxattr = lib.func('intptr_t llistxattr(const char *path, void *list, size_t size)') as NativeFn;
+      const lgetxattr = lib.func('intptr_t lgetxattr(const char *path, const char *name, void *value, size_t size)') as NativeFn;
+      return new NativeMeta(statx, llistxattr, lgetxattr, () => koffi.errno());
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** lstat of a NUL-terminated path; returns the errno on failure. */
+  stat(pathz: Buffer, wantKey: boolean): Meta | number {
+    const b = this.stx;
+    if (this.statx(AT_FDCWD, pathz, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, b) !== 0) return this.errno();
+    const type = b.readUInt16LE(28) & S_IFMT;
+    const isDev = type === S_IFCHR || type === S_IFBLK;
+    return {
+      mode: b.readUInt16LE(28),
+      nlink: b.readUInt32LE(16),
+      uid: b.readUInt32LE(20),
+      gid: b.readUInt32LE(24),
+      size: b.readUInt32LE(40) + b.readUInt32LE(44) * 0x1_0000_0000,
+      mtimeSec: b.readUInt32LE(112) + b.readInt32LE(116) * 0x1_0000_0000,
+      mtimeNsec: b.readUInt32LE(120),
+      rdev: isDev ? makedev(b.readUInt32LE(128), b.readUInt32LE(132)) : 0,
+      key: wantKey ? `${b.readUInt32LE(136)}:${b.readUInt32LE(140)}:${b.readBigUInt64LE(32)}` : undefined,
+    };
+  }
+
+  /** All xattrs of a NUL-terminated path (not following symlinks); returns the errno on failure. */
+  xattrs(pathz: Buffer, userOnly: boolean): Map<string, Buffer> | number {
+    const out = new Map<string, Buffer>();
+    const n = this.llistxattr(pathz, this.list, this.list.length);
+    if (n < 0) {
+      const e = this.errno();
+      return e === ENOTSUP ? out : e;
+    }
+    let start = 0;
+    for (let i = 0; i < n; i++) {
+      if (this.list[i] !== 0) continue;
+      const nameLen = i - start;
+      const cname = this.list.subarray(start, i + 1); // NUL-terminated, as the C API wants
+      const name = this.list.toString('latin1', start, i);
+      start = i + 1;
+      if (nameLen === 0 || (userOnly && !name.startsWith('user.'))) continue;
+      const m = this.lgetxattr(pathz, cname, this.value, this.value.length);
+      if (m < 0) {
+        const e = this.errno();
+        if (e === ENODATA) continue; // removed meanwhile
+        return e;
+      }
+      out.set(name, Buffer.from(this.value.subarray(0, m)));
+    }
+    return out;
+  }
+}
+
+/** glibc's makedev(): the dev_t encoding the tree model (and Node's stat) use. */
+function makedev(major: number, minor: number): number {
+  // Up to 44 significant bits for realistic majors; exact in a double.
+  return (
+    (Math.floor(major / 0x1000) * 0x1000) * 0x1_0000_0000 +
+    (minor - (minor & 0xff)) * 0x1000 +
+    ((major & 0xfff) << 8) +
+    (minor & 0xff)
+  );
+}
+
+function metaFromNode(p: Buffer, wantKey: boolean): Meta | number {
+  let st: fs.BigIntStats;
+  try {
+    st = fs.lstatSync(p, { bigint: true });
+  } catch (e) {
+    return errnoOf(e) ?? 5;
+  }
+  // Floor division: pre-1970 times have a negative second and a positive nanosecond part.
+  let sec = st.mtimeNs / 1_000_000_000n;
+  let nsec = st.mtimeNs % 1_000_000_000n;
+  if (nsec < 0n) {
+    nsec += 1_000_000_000n;
+    sec -= 1n;
+  }
+  return {
+    mode: Number(st.mode),
+    nlink: Number(st.nlink),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    size: Number(st.size),
+    rdev: Number(st.rdev),
+    mtimeSec: Number(sec),
+    mtimeNsec: Number(nsec),
+    key: wantKey ? `${st.dev}:${st.ino}` : undefined,
+  };
+}
+
+const NUL = Buffer.alloc(1);
 
 class Scanner {
   readonly inlineMax: number;
@@ -112,6 +257,7 @@ class Scanner {
   readonly jobs: ContentJob[] = [];
   /** Names referencing each preserved-hardlink inode. */
   readonly linkCounts = new Map<Inode, number>();
+  private readonly native = NativeMeta.create();
 
   constructor(readonly opts: ScanOptions) {
     this.inlineMax = opts.inlineMax ?? DEFAULT_INLINE_MAX;
@@ -123,115 +269,103 @@ class Scanner {
     }
   }
 
-  /** Read one inode's metadata (no content). Returns undefined for devices when skipping them. */
-  loadNode(p: Buffer, shown: string, isRoot: boolean): Inode | undefined {
-    let st: fs.BigIntStats;
-    try {
-      st = fs.lstatSync(p, { bigint: true });
-    } catch (e) {
-      throw new ScanError('lstat', errnoOf(e) ?? 5, shown);
-    }
-    const mode = Number(st.mode);
-    const type = mode & S_IFMT;
+  /**
+   * Read one inode's metadata (no content) from a NUL-terminated path. Returns undefined for
+   * devices when skipping them.
+   */
+  loadNode(pathz: Buffer, isRoot: boolean): Inode | undefined {
+    const path = pathz.subarray(0, pathz.length - 1);
+    const preserve = this.opts.hardlinks === 'preserve';
+    const meta = this.native ? this.native.stat(pathz, preserve) : metaFromNode(path, preserve);
+    if (typeof meta === 'number') throw new ScanError('lstat', meta, path.toString('utf8'));
+    const type = meta.mode & S_IFMT;
     if (!isRoot && this.opts.skipDevices && (type === S_IFCHR || type === S_IFBLK)) return undefined;
 
-    if (this.opts.hardlinks === 'preserve' && type !== S_IFDIR && st.nlink > 1n) {
-      const key = `${st.dev}:${st.ino}`;
-      const seen = this.inodesByDevIno.get(key);
+    if (preserve && type !== S_IFDIR && meta.nlink > 1) {
+      const seen = this.inodesByDevIno.get(meta.key!);
       if (seen) {
         this.linkCounts.set(seen, (this.linkCounts.get(seen) ?? 1) + 1);
         return seen;
       }
-      const inode = this.makeInode(p, shown, st, mode, type);
-      this.inodesByDevIno.set(key, inode);
+      const inode = this.makeInode(pathz, path, meta, type);
+      this.inodesByDevIno.set(meta.key!, inode);
       this.linkCounts.set(inode, 1);
       return inode;
     }
-    return this.makeInode(p, shown, st, mode, type);
+    return this.makeInode(pathz, path, meta, type);
   }
 
-  private makeInode(p: Buffer, shown: string, st: fs.BigIntStats, mode: number, type: number): Inode {
-    let mtimeSec = 0;
-    let mtimeNsec = 0;
-    if (!this.opts.useEpoch) {
-      // Floor division: pre-1970 times have a negative second and a positive nanosecond part.
-      let sec = st.mtimeNs / 1_000_000_000n;
-      let nsec = st.mtimeNs % 1_000_000_000n;
-      if (nsec < 0n) {
-        nsec += 1_000_000_000n;
-        sec -= 1n;
-      }
-      mtimeSec = Number(sec);
-      mtimeNsec = Number(nsec);
-    }
+  private makeInode(pathz: Buffer, path: Buffer, meta: Meta, type: number): Inode {
+    const epoch = this.opts.useEpoch === true;
     const inode = new Inode({
-      mode,
-      uid: Number(st.uid),
-      gid: Number(st.gid),
-      mtimeSec,
-      mtimeNsec,
+      mode: meta.mode,
+      uid: meta.uid,
+      gid: meta.gid,
+      mtimeSec: epoch ? 0 : meta.mtimeSec,
+      mtimeNsec: epoch ? 0 : meta.mtimeNsec,
       nlink: 1,
-      rdev: type === S_IFCHR || type === S_IFBLK ? Number(st.rdev) : 0,
-      size: type === S_IFREG ? Number(st.size) : 0,
+      rdev: type === S_IFCHR || type === S_IFBLK ? meta.rdev : 0,
+      size: type === S_IFREG ? meta.size : 0,
     });
     if (type === S_IFLNK) {
       let target: Buffer;
       try {
-        target = fs.readlinkSync(p, { encoding: 'buffer' });
+        target = fs.readlinkSync(path, { encoding: 'buffer' });
       } catch (e) {
-        throw new ScanError('readlink', errnoOf(e) ?? 5, shown);
+        throw new ScanError('readlink', errnoOf(e) ?? 5, path.toString('utf8'));
       }
-      if (target.length === 0) throw new ScanError('readlink', 22, shown);
+      if (target.length === 0) throw new ScanError('readlink', 22, path.toString('utf8'));
       inode.target = target.toString('latin1');
       inode.size = target.length;
     }
-    if (!this.opts.skipXattrs) inode.xattrs = this.readXattrs(p, shown);
-    if (type === S_IFREG && inode.size > 0) this.jobs.push({ inode, path: p, shown });
+    if (!this.opts.skipXattrs) inode.xattrs = this.readXattrs(pathz, path);
+    if (type === S_IFREG && inode.size > 0) this.jobs.push({ inode, path });
     return inode;
   }
 
-  private readXattrs(p: Buffer, shown: string): Map<string, Buffer> {
-    let all: Map<string, Buffer>;
-    try {
-      all = lgetxattrs(p);
-    } catch (e) {
-      throw new ScanError('getxattr', errnoOf(e) ?? 5, shown);
+  private readXattrs(pathz: Buffer, path: Buffer): Map<string, Buffer> {
+    const userOnly = this.opts.userXattrs === true;
+    let out: Map<string, Buffer> | number;
+    if (this.native) {
+      out = this.native.xattrs(pathz, userOnly);
+    } else {
+      try {
+        out = lgetxattrs(path);
+        if (userOnly) out = new Map([...out].filter(([k]) => k.startsWith('user.')));
+      } catch (e) {
+        out = errnoOf(e) ?? 5;
+      }
     }
-    let out = all;
-    if (this.opts.userXattrs) {
-      out = new Map();
-      for (const [k, v] of all) if (k.startsWith('user.')) out.set(k, v);
-    }
+    if (typeof out === 'number') throw new ScanError('getxattr', out, path.toString('utf8'));
     let budget = 0;
     for (const [k, v] of out) {
       budget += XATTR_ENTRY_OVERHEAD + k.length + v.length;
       if (v.length > 0xffff || k.length > 255 || budget + XATTR_HEADER > XATTR_BUDGET) {
-        throw new ScanError('getxattr', ERANGE, shown);
+        throw new ScanError('getxattr', ERANGE, path.toString('utf8'));
       }
     }
     return out;
   }
 
-  /** Depth-first scan of a directory, children before moving on (like lcfs_build). */
-  scanDir(dirInode: Inode, dirPath: Buffer, shown: string): void {
-    const stack: Array<[Inode, Buffer, string]> = [[dirInode, dirPath, shown]];
+  /** Scan a directory tree below `dirInode` (whose NUL-terminated path is `dirPathz`). */
+  scanDir(dirInode: Inode, dirPathz: Buffer): void {
+    const stack: Array<[Inode, Buffer]> = [[dirInode, dirPathz]];
     while (stack.length > 0) {
-      const [node, p, s] = stack.pop()!;
+      const [node, pz] = stack.pop()!;
+      const p = pz.subarray(0, pz.length - 1);
       let names: Buffer[];
       try {
         names = fs.readdirSync(p, { encoding: 'buffer' });
       } catch (e) {
-        throw new ScanError('opendir', errnoOf(e) ?? 5, s);
+        throw new ScanError('opendir', errnoOf(e) ?? 5, p.toString('utf8'));
       }
       const prefix = p.length > 0 && p[p.length - 1] === 0x2f ? p : Buffer.concat([p, SLASH]);
       for (const nameBuf of names) {
-        const childPath = Buffer.concat([prefix, nameBuf]);
-        const name = nameBuf.toString('latin1');
-        const childShown = `${s.endsWith('/') ? s : `${s}/`}${nameBuf.toString('utf8')}`;
-        const child = this.loadNode(childPath, childShown, false);
+        const childz = Buffer.concat([prefix, nameBuf, NUL], prefix.length + nameBuf.length + 1);
+        const child = this.loadNode(childz, false);
         if (!child) continue;
-        node.setEntry(name, child);
-        if (child.isDir) stack.push([child, childPath, childShown]);
+        node.setEntry(nameBuf.toString('latin1'), child);
+        if (child.isDir) stack.push([child, childz]);
       }
     }
   }
@@ -250,20 +384,20 @@ function readWhole(job: ContentJob, size: number, into: Buffer): Buffer {
   try {
     fd = fs.openSync(job.path, 'r');
   } catch (e) {
-    throw new ScanError('open', errnoOf(e) ?? 5, job.shown, 'content');
+    throw new ScanError('open', errnoOf(e) ?? 5, job.path.toString('utf8'), 'content');
   }
   try {
     const buf = into.subarray(0, size);
     let got = 0;
     while (got < size) {
       const n = fs.readSync(fd, buf, got, size - got, got);
-      if (n === 0) throw new ScanError('read', 61, job.shown, 'content');
+      if (n === 0) throw new ScanError('read', 61, job.path.toString('utf8'), 'content');
       got += n;
     }
     return buf;
   } catch (e) {
     if (e instanceof ScanError) throw e;
-    throw new ScanError('read', errnoOf(e) ?? 5, job.shown, 'content');
+    throw new ScanError('read', errnoOf(e) ?? 5, job.path.toString('utf8'), 'content');
   } finally {
     fs.closeSync(fd);
   }
@@ -321,7 +455,7 @@ async function digestFile(job: ContentJob, alg: HashAlgorithm): Promise<Buffer> 
     }
   } catch (e) {
     const errno = errnoOf(e);
-    if (errno !== undefined) throw new ScanError('read', errno, job.shown, 'content');
+    if (errno !== undefined) throw new ScanError('read', errno, job.path.toString('utf8'), 'content');
     throw e;
   }
 }
@@ -335,10 +469,10 @@ async function digestFile(job: ContentJob, alg: HashAlgorithm): Promise<Buffer> 
 export async function readDirectoryTree(dir: string, opts: ScanOptions = {}): Promise<FileSystem> {
   const scanner = new Scanner(opts);
   const alg = opts.algorithm ?? 'sha256';
-  const rootPath = Buffer.from(dir, 'utf8');
-  const root = scanner.loadNode(rootPath, dir, true)!;
+  const rootPathz = Buffer.concat([Buffer.from(dir, 'utf8'), NUL]);
+  const root = scanner.loadNode(rootPathz, true)!;
   if (!root.isDir) throw new ScanError('opendir', 20, dir);
-  scanner.scanDir(root, rootPath, dir);
+  scanner.scanDir(root, rootPathz);
   scanner.finishHardlinks();
 
   const ownStore = typeof opts.digestStore === 'string';
@@ -368,7 +502,7 @@ export async function readDirectoryTree(dir: string, opts: ScanOptions = {}): Pr
       } catch (e) {
         const errno = errnoOf(e);
         if (errno === undefined) throw e;
-        throw new ScanError('copy', errno, e instanceof SystemError && e.path !== undefined ? e.path : job.shown, 'store');
+        throw new ScanError('copy', errno, e instanceof SystemError && e.path !== undefined ? e.path : job.path.toString('utf8'), 'store');
       }
     }
   };

@@ -148,6 +148,12 @@ export function newDir(init: Omit<InodeInit, 'mode'> & { perm?: number } = {}): 
 /** A filesystem tree: its root directory. */
 export interface FileSystem {
   root: Inode;
+  /**
+   * Optional, per directory: names that are secondary names of a hardlinked inode (dumpfile `@` lines).
+   * The C-compatible image writer places an inode at its primary (non-`@`) name, as libcomposefs does;
+   * without this hint the first name in depth-first sorted order counts as the primary.
+   */
+  hardlinkNames?: Map<Inode, Set<ByteString>>;
 }
 
 /** Split an absolute byte-string path into components; '/' → []. */

@@ -2,8 +2,9 @@
  * Seeded random composefs dumpfiles (composefs-dump(5)) for differential tests against mkcomposefs.
  *
  * Every generated file is valid under mkcomposefs 1.0.8's strict parser (CFS_PARSE_STRICT=1) and is
- * written in canonical order: depth-first, children sorted by raw bytes, a hardlinked inode printed in
- * full at its first name and as `@` lines afterwards (forward references are never generated).
+ * written depth-first with children sorted by raw bytes. A hardlinked inode is usually printed in full
+ * at its first name and as `@` lines afterwards; some `@` lines point forward (to a later full line)
+ * or to another `@` line (chains).
  *
  * Corners it aims at: directories spanning several blocks; names of 1–255 bytes with escapes, UTF-8,
  * high bytes and bytes sorting before '.'; root entries named like the `00`–`ff` stubs; inline sizes
@@ -89,7 +90,7 @@ class Gen {
   private readonly commonSec: number;
   private readonly sharedPool: GenXattr[] = [];
   /** Absolute paths (latin1) of emitted non-directory inodes that can be hardlink targets. */
-  private readonly linkable: Array<{ path: string; node: GenNode }> = [];
+  private readonly linkable: Array<{ path: string; node: GenNode; dir: GenNode; key: string }> = [];
 
   constructor(private readonly rng: Rng, private readonly opts: Required<GenOptions>) {
     this.commonSec = rng.pick([0, 1, 1700000000, rng.int(1, 0xffffffff), rng.int(0, 2 ** 40)]);
@@ -348,10 +349,20 @@ class Gen {
         if ('linkTo' in e) continue;
         if (this.linkable.length > 0 && r.bool(0.12)) {
           const t = r.pick(this.linkable);
-          dir.children!.set(key, { linkTo: t.path, node: t.node });
+          if (r.bool(0.3)) {
+            // Forward reference: the full line comes later than an `@` line naming it (valid for
+            // mkcomposefs, which places the inode at its full line). Older links to t.path become chains.
+            dir.children!.set(key, { node: t.node });
+            t.dir.children!.set(t.key, { linkTo: p, node: t.node });
+            t.path = p;
+            t.dir = dir;
+            t.key = key;
+          } else {
+            dir.children!.set(key, { linkTo: t.path, node: t.node });
+          }
           continue;
         }
-        this.linkable.push({ path: p, node: e.node });
+        this.linkable.push({ path: p, node: e.node, dir, key });
       }
     };
     walk(root, '');

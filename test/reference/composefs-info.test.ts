@@ -13,6 +13,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync,
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { openImage } from '../../src/erofs/reader.js';
 import { formatLs, imageToTree, listObjects, missingObjects, treeObjects } from '../../src/composefs/info.js';
 import { writeDumpfile } from '../../src/dumpfile/write.js';
 import { genDumpfile } from '../helpers/gen-dumpfile.js';
@@ -230,4 +231,37 @@ test('composefs-info measure-file: fs-verity sha256 like the C tool, kernel valu
   // composefs-rs give an all-zero root hash. bootcfs follows the kernel (composefs-format.md §1.1).
   assert.equal(refInfo(['measure-file', empty]).toString(), 'cfc3391077edfd51859f6e5e16e03f82b1da3ee1a35d418b0d0b3b57740b4405\n');
   assert.equal(ourInfo(['measure-file', empty]).toString(), '3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95\n');
+});
+
+test('C reader quirks reproduced: redirect over-read, duplicate xattr names, 0/0 devices, opaque=x', () => {
+  const dir = path.join(work, 'quirks');
+  mkdirSync(dir, { recursive: true });
+  // payload lengths 3 and 7: the "/"+payload redirect value is not followed by zero padding, so
+  // libcomposefs's off-by-two read shows the next bytes of the image (here: the next shared entry)
+  const dump = [
+    '/ 0 40755 2 0 0 0 0.0 - - -',
+    '/f 100 100644 1 0 0 0 0.0 a/b - -',
+    '/g 100 100644 1 0 0 0 0.0 a/b - - user.x=y',
+    '/h 5000 100644 1 0 0 0 0.0 abc/def - -',
+    '/i 100 100644 1 0 0 0 0.0 /ab/c - -',
+    '/j 0 100644 1 0 0 0 0.0 - - - user.aa=1 user.bb=2 user.cc=3 user.dd=4',
+    '/w 0 20644 1 0 0 0 0.0 - - -',
+    '/x 0 20644 1 0 0 5 0.0 - - -',
+    '',
+  ].join('\n');
+  const imgPath = path.join(dir, 'q.img');
+  mkcomposefs(Buffer.from(dump), imgPath, true);
+  const buf = readFileSync(imgPath);
+  // rename user.cc to user.aa in place: the C reader replaces aa (moving the last entry into its slot)
+  const img = openImage(buf);
+  const j = img.readDir(img.header.rootNid).find((e) => e.name === 'j')!;
+  const cc = img.inode(j.nid).xattrs.find((x) => x.name === 'user.cc')!;
+  assert.equal(cc.shared, false);
+  buf.write('aa', cc.offset + 4, 'latin1');
+  writeFileSync(imgPath, buf);
+  const ref = refAll(imgPath, dir);
+  assert.match(ref.dump.toString('latin1'), /\/f 100 100644 1 0 0 0 0\.0 a\/b\\x/, 'the C quirk is visible in this image');
+  const ours = libAll(buf, dir);
+  for (const cmd of COMMANDS) assertSame(ours[cmd], ref[cmd], `quirk image: ${cmd}`);
+  assertSame(ourInfo(['dump', imgPath]), ref.dump, 'quirk image via CLI');
 });

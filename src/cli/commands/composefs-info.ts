@@ -72,13 +72,16 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
 
+  // like the C tool, a --basedir that is not a directory is an error whatever the command
+  if (values.basedir !== undefined) missingObjects([], values.basedir);
   // --filter names come from argv: treat them as raw bytes like the C tool does
   const filter = values.filter?.map((f) => Buffer.from(f, 'utf8').toString('latin1'));
   const objects = new Set<ByteString>();
   for (const path of files) {
+    const image = readImage(path);
     let fs;
     try {
-      fs = imageToTree(readImage(path), { mode: 'c', filter });
+      fs = imageToTree(image, { mode: 'c', filter });
     } catch (e) {
       if (e instanceof BootcfsError) throw new BootcfsError(e.code, `${path}: ${e.message}`, { cause: e });
       throw e;

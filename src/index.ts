@@ -1,0 +1,18 @@
+/**
+ * bootcfs library API. Layers (docs/ARCHITECTURE.md): formats → composefs → (repository → oci → boot →
+ * install) → cli. Everything the CLI does is available here as typed functions.
+ */
+export * from './errors.js';
+export * from './tree/model.js';
+export { readDirectoryTree, type ScanOptions, ScanError, DEFAULT_INLINE_MAX } from './tree/from-directory.js';
+export * from './fsverity/index.js';
+export * from './dumpfile/index.js';
+export { writeImageV1, type WriteV1Options } from './erofs/writer-v1.js';
+export { writeImageV2, type WriteV2Options } from './erofs/writer-v2.js';
+export { openImage, ErofsImage, type ImageHeader, type ErofsInode, type DirEntry } from './erofs/reader.js';
+export { imageToTree, listObjects, missingObjects, type ImageToTreeOptions } from './composefs/info.js';
+export { buildImage, buildImageFile, type MkcomposefsOptions } from './composefs/mkcomposefs.js';
+export { DigestStore, objectPathForDigest } from './composefs/digest-store.js';
+export { writeFileAtomic } from './util/atomic-file.js';
+export { lgetxattrs, lsetxattr } from './sys/libc.js';
+export { VERSION } from './version.js';

@@ -1,0 +1,153 @@
+/**
+ * privileged tier (root): the kernel's view of our C-compatible images. Random trees are generated on disk,
+ * built with our mkcomposefs path (directory scan + digest store + v1 writer), mounted the way composefs is
+ * mounted at boot (erofs + overlayfs with the object store as a data-only lower layer), and every path's
+ * type, mode, owner, size, mtime (ns), rdev, symlink target, xattrs and content is compared with the source.
+ *
+ * Differences that overlayfs/composefs themselves introduce, and are therefore expected:
+ * 1. hardlinks: mkcomposefs 1.0.8 does not detect them when reading a directory, so every name is its own
+ *    inode with nlink 1 (regular files, symlinks, devices: nlink is not compared; directories are).
+ * 2. whiteouts (char devices 0/0): the image stores them as empty regular files carrying
+ *    trusted.overlay.overlay.whiteout + user.overlay.whiteout (overlayfs's "xwhiteout" form), and marks the
+ *    parent directory with *.overlay.whiteouts (+ *.overlay.opaque=x in format version 1). Through a single
+ *    composefs mount they show as exactly that: an empty regular file (same permission bits, owner, mtime)
+ *    with trusted.overlay.whiteout and user.overlay.whiteout (one escape level removed), and the parent
+ *    shows the marker xattrs. They act as whiteouts only when the composefs mount is itself a lower layer
+ *    of another overlayfs (as bootc's /etc and container storage use it).
+ * 3. the root's trusted.overlay.opaque=y and the 256 00–ff whiteout stubs are consumed by overlayfs (hidden).
+ * 4. directory st_size differs (erofs directory size vs the source filesystem's), and inode numbers,
+ *    st_blocks, atime and ctime are not part of an image.
+ * Everything else must be identical.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { readDirectoryTree } from '../../src/tree/from-directory.js';
+import { writeImageV1 } from '../../src/erofs/writer-v1.js';
+import { generateDiskTree } from '../helpers/gen-disk-tree.js';
+import { mountComposefs, snapshotTree, type EntryView } from '../helpers/mount.js';
+import { cases, isRoot } from '../helpers/ref.js';
+
+const WHITEOUT_MARKERS = new Set([
+  'trusted.overlay.whiteouts',
+  'user.overlay.whiteouts',
+  'trusted.overlay.opaque',
+  'user.overlay.opaque',
+]);
+
+/** Compare the source view with the mounted view; returns unexpected differences. */
+export function compareViews(src: Map<string, EntryView>, mnt: Map<string, EntryView>): string[] {
+  const diffs: string[] = [];
+  const show = (p: string) => JSON.stringify(p);
+  // whiteouts in the source: hidden in the mount (expected difference 2); remember their parents
+  const whiteoutParents = new Set<string>();
+  for (const [p, e] of src) {
+    if (e.type === 'chr' && e.rdev === 0) {
+      whiteoutParents.add(path.posix.dirname(p));
+      const m = mnt.get(p);
+      if (!m) {
+        diffs.push(`${show(p)}: whiteout missing in the mount`);
+        continue;
+      }
+      const want = { type: 'reg', mode: 0o100000 | (e.mode & 0o7777), uid: e.uid, gid: e.gid, mtimeNs: e.mtimeNs, size: 0n };
+      for (const [k, v] of Object.entries(want)) {
+        if (String(m[k as keyof EntryView]) !== String(v)) diffs.push(`${show(p)}: whiteout ${k} ${String(m[k as keyof EntryView])}, expected ${String(v)}`);
+      }
+      const wx = { ...e.xattrs, 'trusted.overlay.whiteout': '', 'user.overlay.whiteout': '' };
+      if (JSON.stringify(Object.entries(wx).sort()) !== JSON.stringify(Object.entries(m.xattrs).sort())) {
+        diffs.push(`${show(p)}: whiteout xattrs ${JSON.stringify(m.xattrs)}, expected ${JSON.stringify(wx)}`);
+      }
+    }
+  }
+  for (const [p, e] of src) {
+    if (e.type === 'chr' && e.rdev === 0) continue;
+    const m = mnt.get(p);
+    if (!m) {
+      diffs.push(`${show(p)}: missing in the mount`);
+      continue;
+    }
+    const fields: Array<keyof EntryView> = ['type', 'mode', 'uid', 'gid', 'mtimeNs', 'rdev', 'target', 'contentSha256'];
+    if (e.type !== 'dir') fields.push('size');
+    if (e.type === 'dir') fields.push('nlink');
+    for (const f of fields) {
+      if (String(e[f]) !== String(m[f])) diffs.push(`${show(p)}: ${f} ${String(e[f])} in source, ${String(m[f])} in mount`);
+    }
+    const sx = { ...e.xattrs };
+    const mx = { ...m.xattrs };
+    if (whiteoutParents.has(p)) for (const k of WHITEOUT_MARKERS) delete mx[k];
+    if (JSON.stringify(Object.entries(sx).sort()) !== JSON.stringify(Object.entries(mx).sort())) {
+      diffs.push(`${show(p)}: xattrs ${JSON.stringify(sx)} in source, ${JSON.stringify(mx)} in mount`);
+    }
+  }
+  for (const p of mnt.keys()) {
+    if (!src.has(p)) diffs.push(`${show(p)}: only in the mount`);
+  }
+  return diffs;
+}
+
+test('v1 images of random on-disk trees: the kernel shows exactly the source tree', { timeout: 900_000 }, async (t) => {
+  assert.ok(isRoot, 'the privileged tier must run as root (mounts)');
+  const n = cases(12, 200);
+  for (let i = 0; i < n; i++) {
+    const seed = 7000 + i;
+    const work = mkdtempSync('/var/tmp/bootcfs-v1k-');
+    try {
+      const src = path.join(work, 'src');
+      const gen = await generateDiskTree(src, seed, { entries: 120 });
+      const objects = path.join(work, 'objects');
+      const tree = await readDirectoryTree(src, { digestStore: objects });
+      const img = path.join(work, 'image.cfs');
+      writeFileSync(img, writeImageV1(tree));
+      const want = await snapshotTree(src);
+      const mnt = mountComposefs(img, objects, path.join(work, 'mnt'));
+      let got: Map<string, EntryView>;
+      try {
+        got = await snapshotTree(mnt.root);
+      } finally {
+        mnt.unmount();
+      }
+      const diffs = compareViews(want, got);
+      assert.deepEqual(diffs.slice(0, 20), [], `seed ${seed} (${JSON.stringify(gen.counts)}): ${diffs.length} differences`);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  }
+  t.diagnostic(`${n} generated trees compared through erofs + overlayfs`);
+});
+
+test('the comparison itself detects differences (a wrong byte in an object, a changed mode)', async () => {
+  assert.ok(isRoot, 'the privileged tier must run as root (mounts)');
+  const work = mkdtempSync('/var/tmp/bootcfs-v1k-');
+  try {
+    const src = path.join(work, 'src');
+    await generateDiskTree(src, 99, { entries: 40 });
+    const objects = path.join(work, 'objects');
+    const tree = await readDirectoryTree(src, { digestStore: objects });
+    const img = path.join(work, 'image.cfs');
+    writeFileSync(img, writeImageV1(tree));
+    const want = await snapshotTree(src);
+    // corrupt one object: without verity=require (no fs-verity on this host) the kernel serves it
+    const { readdirSync, openSync, writeSync, closeSync, chmodSync } = await import('node:fs');
+    const d = readdirSync(objects)[0]!;
+    const f = readdirSync(path.join(objects, d))[0]!;
+    const fd = openSync(path.join(objects, d, f), 'r+');
+    writeSync(fd, Buffer.from([0xde, 0xad]), 0, 2, 10);
+    closeSync(fd);
+    const mnt = mountComposefs(img, objects, path.join(work, 'mnt'));
+    let got: Map<string, EntryView>;
+    try {
+      got = await snapshotTree(mnt.root);
+    } finally {
+      mnt.unmount();
+    }
+    const some = [...want.entries()].find(([, e]) => e.type === 'reg' && e.mode & 0o777);
+    assert.ok(some);
+    chmodSync(path.join(src, some[0]), 0o700);
+    const diffs = compareViews(await snapshotTree(src), got);
+    assert.ok(diffs.some((x) => x.includes('contentSha256')), diffs.join('\n'));
+    assert.ok(diffs.some((x) => x.includes('mode')), diffs.join('\n'));
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+});
