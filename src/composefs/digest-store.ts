@@ -46,13 +46,17 @@ interface Staged {
   dir: string;
 }
 
-let syncfsFn: ((fd: number) => number) | null | undefined;
+/** Staged bytes after which a background flush of the filesystem is started. */
+const BACKGROUND_FLUSH_BYTES = 32 * 1024 * 1024;
+
+type SyncfsFn = { async: (fd: number, cb: (err: unknown, res: number) => void) => void };
+let syncfsFn: SyncfsFn | null | undefined;
 /** syncfs(2) through koffi; null when unavailable (then callers fall back to per-file fsync). */
-function getSyncfs(): ((fd: number) => number) | null {
+function getSyncfs(): SyncfsFn | null {
   if (syncfsFn !== undefined) return syncfsFn;
   try {
     const { koffi } = getLibc();
-    syncfsFn = koffi.load('libc.so.6').func('int syncfs(int fd)') as (fd: number) => number;
+    syncfsFn = koffi.load('libc.so.6').func('int syncfs(int fd)') as unknown as SyncfsFn;
   } catch {
     syncfsFn = null;
   }
@@ -105,29 +109,29 @@ export class DigestStore {
    * computed from that content. Copies with reflink when the filesystem can, else copy_file_range.
    * Returns true if a new object was written (or staged), false if it already existed.
    */
-  addFile(src: string | Buffer, digest: Uint8Array, srcMode?: number): Promise<boolean> {
+  addFile(src: string | Buffer, digest: Uint8Array, hint: { mode?: number; size?: number } = {}): Promise<boolean> {
     // copyFile gives the copy the source's permission bits; a chmod is only needed when they differ.
-    const mode = srcMode === undefined ? undefined : srcMode & 0o7777;
-    return this.add(digest, (temp) => fsp.copyFile(src, temp, fs.constants.COPYFILE_FICLONE), mode);
+    const mode = hint.mode === undefined ? undefined : hint.mode & 0o7777;
+    return this.add(digest, (temp) => fsp.copyFile(src, temp, fs.constants.COPYFILE_FICLONE), mode, hint.size ?? 0);
   }
 
   /** Add an object from bytes in memory. */
   addBytes(data: Uint8Array, digest: Uint8Array): Promise<boolean> {
-    return this.add(digest, (temp) => fsp.writeFile(temp, data, { mode: 0o644 }));
+    return this.add(digest, (temp) => fsp.writeFile(temp, data, { mode: 0o644 }), undefined, data.length);
   }
 
-  private add(digest: Uint8Array, write: (temp: string) => Promise<void>, writtenMode?: number): Promise<boolean> {
+  private add(digest: Uint8Array, write: (temp: string) => Promise<void>, writtenMode: number | undefined, size: number): Promise<boolean> {
     const rel = objectPathForDigest(digest);
     const inflight = this.known.get(rel);
     // Only the first caller for a digest can write it; later ones just wait for it to be there.
     if (inflight) return inflight.then(() => false);
-    const p = this.addNew(rel, write, writtenMode);
+    const p = this.addNew(rel, write, writtenMode, size);
     this.known.set(rel, p);
     p.catch(() => this.known.delete(rel));
     return p;
   }
 
-  private async addNew(rel: string, write: (temp: string) => Promise<void>, writtenMode: number | undefined): Promise<boolean> {
+  private async addNew(rel: string, write: (temp: string) => Promise<void>, writtenMode: number | undefined, size: number): Promise<boolean> {
     const final = path.join(this.root, rel);
     const dir = path.dirname(final);
     // A fan-out directory this session created holds nothing we did not put there ourselves.
@@ -162,6 +166,7 @@ export class DigestStore {
       } else {
         this.tryVerity(temp);
         this.staged.push({ temp, final, dir });
+        this.noteStagedBytes(size);
       }
     } catch (e) {
       await fsp.rm(temp, { force: true });
@@ -255,11 +260,14 @@ export class DigestStore {
    */
   async commit(): Promise<void> {
     const staged = this.staged.splice(0);
+    await this.backgroundFlush;
     if (staged.length > 0) {
       await this.flush(staged);
+      // Renames are metadata-only and the data is already durable: plain synchronous calls are
+      // several times cheaper than thread-pool round trips for thousands of them.
       for (const s of staged) {
         try {
-          await fsp.rename(s.temp, s.final);
+          fs.renameSync(s.temp, s.final);
         } catch (e) {
           await Promise.all(staged.map((x) => fsp.rm(x.temp, { force: true })));
           await this.removeStagingDir();
@@ -271,19 +279,48 @@ export class DigestStore {
     await this.removeStagingDir();
     const dirs = [...this.dirtyDirs];
     this.dirtyDirs.clear();
-    await Promise.all(dirs.map((d) => fsyncDir(d)));
+    if (dirs.length === 0) return;
+    // One more filesystem flush makes every rename durable at once; else fsync each directory.
+    if (!(await this.syncFilesystem())) await Promise.all(dirs.map((d) => fsyncDir(d)));
   }
 
-  private async flush(staged: Staged[]): Promise<void> {
+  /** syncfs(2) on the store's filesystem, on a thread-pool thread. false if unavailable. */
+  private async syncFilesystem(): Promise<boolean> {
     const syncfs = getSyncfs();
-    if (syncfs) {
-      const fd = fs.openSync(this.root, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-      try {
-        if (syncfs(fd) === 0) return;
-      } finally {
-        fs.closeSync(fd);
-      }
+    if (!syncfs) return false;
+    const h = await fsp.open(this.root, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    try {
+      const r = await new Promise<number>((resolve, reject) =>
+        syncfs.async(h.fd, (err: unknown, res: number) => (err ? reject(err) : resolve(res))),
+      );
+      return r === 0;
+    } finally {
+      await h.close();
     }
+  }
+
+  /**
+   * Start writing staged data back while more objects are being copied (at most one flush in
+   * flight), so that the flush at commit() finds little left to do. Errors are ignored here: the
+   * commit flush reports them.
+   */
+  private noteStagedBytes(bytes: number): void {
+    this.unflushedBytes += bytes;
+    if (this.unflushedBytes < BACKGROUND_FLUSH_BYTES || this.flushing) return;
+    this.unflushedBytes = 0;
+    this.flushing = true;
+    this.backgroundFlush = this.syncFilesystem()
+      .catch(() => false)
+      .then(() => {
+        this.flushing = false;
+      });
+  }
+  private unflushedBytes = 0;
+  private flushing = false;
+  private backgroundFlush: Promise<void> = Promise.resolve();
+
+  private async flush(staged: Staged[]): Promise<void> {
+    if (await this.syncFilesystem()) return;
     // No syncfs: flush objects one by one (bounded parallelism).
     let next = 0;
     const worker = async () => {

@@ -154,13 +154,53 @@ export async function buildImage(source: string, opts: MkcomposefsOptions = {}):
   return { image, digest };
 }
 
+/** Where an image goes: `write()` the bytes, then `commit()`; `discard()` on failure. */
+export interface ImageOutput {
+  write(data: Uint8Array): Promise<void>;
+  commit(): Promise<void>;
+  discard(): Promise<void>;
+}
+
 /**
- * Build an image and write it to `imagePath` atomically (temporary file + fsync + rename): on any
- * error nothing is left at `imagePath`. The file gets mode 0666 & ~umask, like mkcomposefs' fopen.
+ * Open the destination of an image, failing early like mkcomposefs' fopen (missing directory, a
+ * directory in the way, no permission). A regular file (or a new name) is written atomically: a
+ * temporary file next to it, fsync, rename — so a failed build leaves nothing behind and an existing
+ * image stays intact; symlinks are resolved so the link itself survives. Anything else (a device
+ * such as /dev/null, a fifo) cannot be replaced by a rename and is written directly, like C does.
+ * New files get mode 0666 & ~umask, like fopen.
+ */
+export async function openImageOutput(imagePath: string): Promise<ImageOutput> {
+  let target = imagePath;
+  let st: import('node:fs').Stats | undefined;
+  try {
+    st = await fsp.stat(imagePath);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  if (st?.isDirectory()) {
+    throw Object.assign(new Error(`EISDIR: illegal operation on a directory, open '${imagePath}'`), { code: 'EISDIR', errno: -21, syscall: 'open', path: imagePath });
+  }
+  if (st && !st.isFile()) {
+    const h = await fsp.open(imagePath, 'w');
+    return {
+      write: async (data) => {
+        await h.writeFile(data);
+      },
+      commit: () => h.close(),
+      discard: () => h.close().catch(() => undefined),
+    };
+  }
+  if (st) target = await fsp.realpath(imagePath);
+  return AtomicFile.create(target, { mode: st ? st.mode & 0o7777 : defaultFileMode() });
+}
+
+/**
+ * Build an image and write it to `imagePath` (atomically for regular files, see openImageOutput):
+ * on any error nothing is left at `imagePath` and an existing file there is untouched.
  */
 export async function buildImageFile(source: string, imagePath: string, opts: MkcomposefsOptions = {}): Promise<{ digest: Buffer }> {
   validateOptions(opts);
-  const out = await AtomicFile.create(imagePath, { mode: defaultFileMode() });
+  const out = await openImageOutput(imagePath);
   try {
     const { image, digest } = await buildImage(source, opts);
     await out.write(image);

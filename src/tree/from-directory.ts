@@ -13,9 +13,11 @@
  *   names found in the tree;
  * - `skipDevices` drops character and block devices; sockets and fifos are kept.
  *
- * Names and symlink targets are read as raw bytes. Metadata is read synchronously (it is cached and
- * cheap; thread-pool round trips would cost more than the syscalls); file contents are streamed, with
- * bounded concurrency, and large files are hashed by the fs-verity worker pool.
+ * Names and symlink targets are read as raw bytes. Metadata is read synchronously with statx(2) and
+ * l*xattr(2) into reused buffers (cached and cheap: thread-pool round trips and Stats objects would
+ * cost more than the syscalls). Contents: files up to 256 KiB are read whole into one reused buffer
+ * and hashed on this thread; larger ones are streamed and hashed by the fs-verity worker pool,
+ * biggest first, with bounded concurrency. Memory: the tree metadata plus bounded buffers.
  */
 import * as fs from 'node:fs';
 import { BootcfsError, SystemError, errnoName } from '../errors.js';
@@ -498,7 +500,7 @@ export async function readDirectoryTree(dir: string, opts: ScanOptions = {}): Pr
     inode.payload = objectPathForDigest(digest);
     if (store) {
       try {
-        await store.addFile(job.path, digest, inode.mode);
+        await store.addFile(job.path, digest, { mode: inode.mode, size: inode.size });
       } catch (e) {
         const errno = errnoOf(e);
         if (errno === undefined) throw e;

@@ -88,7 +88,8 @@ export interface GeneratedTree {
   counts: Record<string, number>;
 }
 
-const EDGE_SIZES = [0, 1, 63, 64, 65, 4095, 4096, 4097];
+/** Inline limit (64), block size, and bootcfs' small/large hashing split at 256 KiB. */
+const EDGE_SIZES = [0, 1, 63, 64, 65, 4095, 4096, 4097, 262143, 262144, 262145];
 const XATTR_POOL: Array<[string, Buffer]> = [
   ['user.shared', Buffer.from('same-everywhere')],
   ['security.selinux', Buffer.from('system_u:object_r:usr_t:s0\0')],

@@ -99,6 +99,21 @@ function xattrList(inode: Inode, drop?: Inode): string[] {
   return out.sort();
 }
 
+/**
+ * Parse composefs-info's dump of an image built from `source`. Its reader appends up to 2 stray
+ * bytes to a redirect (see assertSameSemantics), which can push a 4094/4095-byte payload over the
+ * 4095-byte limit: returns undefined (no comparison possible) in exactly that case.
+ */
+function parseCDump(printed: Buffer, source: FileSystem, label: string): FileSystem | undefined {
+  try {
+    return parseDumpfile(printed, { strict: true, keepDirectorySize: true });
+  } catch (e) {
+    const longRedirect = [...walk(source.root)].some(([, n]) => n.isExternal && (n.payload?.length ?? 0) >= 4094);
+    if (e instanceof ParseError && /Invalid payload/.test(e.message) && longRedirect) return undefined;
+    throw new Error(`${label}: cannot parse composefs-info's dump: ${String(e)}`, { cause: e });
+  }
+}
+
 /** The tree parsed from D must carry what the image built from D holds (compared field by field). */
 function assertSameSemantics(fromDump: FileSystem, fromImage: FileSystem, label: string, malformedDigests = false): void {
   const firstPath = (fs: FileSystem) => {
@@ -208,7 +223,7 @@ test('generated dumpfiles: canonical round trip and semantic parity with the rea
 test('mutated dumpfiles: we accept exactly when mkcomposefs accepts (strict and non-strict)', () => {
   const n = cases(300, 5000);
   const baseSeed = 0xbad00000;
-  const stats = { accepted: 0, rejected: 0, deviations: 0 };
+  const stats = { accepted: 0, rejected: 0, deviations: 0, longRedirects: 0 };
   for (let i = 0; i < n; i++) {
     const seed = baseSeed + i;
     const rng = new Rng(seed);
@@ -228,14 +243,15 @@ test('mutated dumpfiles: we accept exactly when mkcomposefs accepts (strict and 
       if (o.accepted) {
         stats.accepted++;
         // The accepted tree must also mean what mkcomposefs made of it.
-        const printed = cDump(c.image);
-        assertSameSemantics(o.fs, parseDumpfile(printed, { strict: true, keepDirectorySize: true }), `seed ${seed} strict=${strict}`, true);
+        const fromImage = parseCDump(cDump(c.image), o.fs, `seed ${seed} strict=${strict}`);
+        if (fromImage === undefined) stats.longRedirects++;
+        else assertSameSemantics(o.fs, fromImage, `seed ${seed} strict=${strict}`, true);
       } else {
         stats.rejected++;
       }
     }
   }
-  console.log(`dumpfile acceptance parity: ${n} mutated dumpfiles x 2 modes: ${stats.accepted} accepted, ${stats.rejected} rejected by both, ${stats.deviations} known deviations (hardlink to a directory, 16 EiB file)`);
+  console.log(`dumpfile acceptance parity: ${n} mutated dumpfiles x 2 modes: ${stats.accepted} accepted, ${stats.rejected} rejected by both, ${stats.deviations} known deviations (hardlink to a directory, 16 EiB file); values compared for all accepted but ${stats.longRedirects} (4094+ byte redirect)`);
 });
 
 test('strict mode: the unterminated last line C still parses at a read-buffer boundary', () => {

@@ -155,6 +155,7 @@ test('usage errors: same exit status and messages as mkcomposefs', () => {
       ['--pri', dir, img], // ambiguous abbreviation
       ['--skip-x', dir, img], // unique abbreviation: accepted
       ['--skip-xattrs', '--user-xattrs', dir, img],
+      [dir, work], // IMAGE is a directory
     ];
     for (const args of invocations) {
       fs.rmSync(img, { force: true });
@@ -197,6 +198,16 @@ test('failure keeps an existing IMAGE untouched (atomic write)', () => {
     const r2 = ours([path.join(FIX, 'special.dump'), path.join(work, 'missing-dir', 'x.img'), '--from-file']);
     assert.equal(r2.status, 1);
     assert.match(r2.stderr.toString(), /^bootcfs: failed to open output file: No such file or directory\n$/);
+    // A device as IMAGE is written to, never replaced by a rename.
+    const r3 = ours(['--from-file', path.join(FIX, 'special.dump'), '/dev/null']);
+    assert.equal(r3.status, 0, r3.stderr.toString());
+    assert.ok(fs.statSync('/dev/null').isCharacterDevice(), '/dev/null replaced');
+    // A symlink as IMAGE: its target is (atomically) rewritten, the link stays.
+    fs.symlinkSync('keep.img', path.join(work, 'link.img'));
+    const r4 = ours(['--from-file', path.join(FIX, 'special.dump'), path.join(work, 'link.img')]);
+    assert.equal(r4.status, 0, r4.stderr.toString());
+    assert.ok(fs.lstatSync(path.join(work, 'link.img')).isSymbolicLink());
+    assert.equal(fs.readFileSync(img).readUInt32LE(0), 0xd078629a, 'image written through the link');
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
@@ -204,7 +215,7 @@ test('failure keeps an existing IMAGE untouched (atomic write)', () => {
 
 test('directory sources through the CLI: images, stores and digests as mkcomposefs', { timeout: 10 * 60_000 }, async () => {
   requireTool(MKCOMPOSEFS);
-  const n = cases(4, 40);
+  const n = cases(6, 60);
   for (let i = 0; i < n; i++) {
     const seed = 0x636c6900 + i;
     const work = scratch();

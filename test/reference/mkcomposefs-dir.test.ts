@@ -18,8 +18,7 @@ import { readDirectoryTree } from '../../src/tree/from-directory.js';
 import { DigestStore, objectPathForDigest } from '../../src/composefs/digest-store.js';
 import { writeDumpfile } from '../../src/dumpfile/write.js';
 import { writeImageV1 } from '../../src/erofs/writer-v1.js';
-import { fsverityDigest } from '../../src/fsverity/index.js';
-import { closeHashPool } from '../../src/fsverity/index.js';
+import { closeHashPool, fsverityDigest } from '../../src/fsverity/index.js';
 import { lookup, type Inode } from '../../src/tree/model.js';
 
 const SEED_BASE = Number(process.env.BOOTCFS_SEED ?? 0x6d6b6366);
@@ -77,7 +76,7 @@ function firstDifference(a: Buffer, b: Buffer): string {
 test('mkcomposefs from directories: identical images and object stores', { timeout: 30 * 60_000 }, async (t) => {
   assert.ok(isRoot, 'the reference tier runs as root (trees contain devices and trusted.* xattrs)');
   requireTool(MKCOMPOSEFS);
-  const n = cases(24, 400);
+  const n = cases(40, 500);
   const seeds = [...REGRESSION_SEEDS, ...Array.from({ length: n }, (_, i) => (SEED_BASE + i) >>> 0)];
   const kinds: Record<string, number> = {};
   let images = 0;

@@ -6,11 +6,9 @@
  * Unlike the C tool, the image file is written atomically: nothing is left at IMAGE on failure.
  */
 import { writeOut, type Command } from '../command.js';
-import { BootcfsError } from '../../errors.js';
-import { BuildError, buildImage, LCFS_VERSION_MAX, type MkcomposefsOptions } from '../../composefs/mkcomposefs.js';
-import { AtomicFile, defaultFileMode } from '../../util/atomic-file.js';
-import { isHashAlgorithm } from '../../fsverity/index.js';
-import { closeHashPool } from '../../fsverity/index.js';
+import { BootcfsError, errnoName } from '../../errors.js';
+import { BuildError, buildImage, openImageOutput, LCFS_VERSION_MAX, type ImageOutput, type MkcomposefsOptions } from '../../composefs/mkcomposefs.js';
+import { closeHashPool, isHashAlgorithm } from '../../fsverity/index.js';
 
 const USAGE = `Usage: bootcfs mkcomposefs [OPTIONS] SOURCE IMAGE
 Options:
@@ -243,7 +241,11 @@ function describe(e: unknown, source: string): string {
 }
 
 function strerror(e: NodeJS.ErrnoException): string {
-  // Node messages look like "ENOENT: no such file or directory, open 'x'"
+  // The C library's wording where we know it ("Is a directory"), else Node's ("ENOENT: no such…, open 'x'")
+  if (typeof e.errno === 'number') {
+    const known = /\((.*)\)$/.exec(errnoName(Math.abs(e.errno)));
+    if (known) return known[1]!;
+  }
   const m = /^[A-Z0-9]+: ([^,]+)/.exec(e.message);
   const text = m ? m[1]! : e.message;
   return text.charAt(0).toUpperCase() + text.slice(1);
@@ -268,11 +270,11 @@ async function run(argv: string[]): Promise<number> {
     process.stderr.write('bootcfs: stdout is a tty.  Refusing to use it\n');
     return 1;
   }
-  let out: AtomicFile | undefined;
+  let out: ImageOutput | undefined;
   try {
     if (inv.image !== undefined && !toStdout) {
       try {
-        out = await AtomicFile.create(inv.image, { mode: defaultFileMode() });
+        out = await openImageOutput(inv.image);
       } catch (e) {
         process.stderr.write(`bootcfs: failed to open output file: ${strerror(e as NodeJS.ErrnoException)}\n`);
         return 1;
