@@ -59,14 +59,16 @@ PKGS=(fsverity e2fsprogs qemu-system-x86 qemu-utils busybox-static cpio kmod xz-
       build-essential meson ninja-build pkgconf libssl-dev go-md2man debootstrap time ca-certificates)
 if ! have_pkgs "${PKGS[@]}"; then
   say "installing Debian packages"
-  "${APT[@]}" install -y -q --no-install-recommends "${PKGS[@]}"
+  "${APT[@]}" install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null
 fi
 
 # ---------------------------------------------------------------- 3. composefs 1.0.8 from the sid source package
 CFS_VER=$(apt-cache showsrc composefs 2>/dev/null | awk '/^Version:/{print $2}' | sort -V | tail -1)
 [ -n "$CFS_VER" ] || { echo "install-deps.sh: composefs source package not found (deb-src sid)" >&2; exit 1; }
-if [ "$(cat "$REF/composefs/.version" 2>/dev/null)" != "$CFS_VER" ] || ! "$REF/composefs/bin/mkcomposefs" --help >/dev/null 2>&1 && \
-   ! "$REF/composefs/bin/mkcomposefs" --help 2>&1 | grep -q -- --digest-store; then
+# (mkcomposefs exits 1 on --help, so check that it runs by its output)
+if [ "$(cat "$REF/composefs/.version" 2>/dev/null)" != "$CFS_VER" ] || \
+   ! "$REF/composefs/bin/mkcomposefs" --help 2>&1 | grep -q -- --digest-store || \
+   ! [ -x "$REF/composefs/bin/composefs-info" ]; then
   say "building composefs $CFS_VER from source into $REF/composefs"
   b=$(mktemp -d /var/tmp/bootcfs-composefs.XXXXXX); chmod 755 "$b"
   (cd "$b" && "${APT[@]}" source -q "composefs=$CFS_VER" >/dev/null 2>&1)
