@@ -26,5 +26,10 @@ echo "image:         $out/image.cfs ($(stat -c %s "$out/image.cfs") bytes)"
 echo "object store:  $out/objects ($(find "$out/objects" -type f | wc -l) objects)"
 echo "contents:"
 ./bin/bootcfs composefs-info ls "$out/image.cfs" | sed 's/^/  /'
+ref=${BOOTCFS_REF:-/opt/bootcfs-ref}/composefs/bin/mkcomposefs
+if [ -x "$ref" ]; then
+  if [ "$("$ref" --print-digest-only "$src")" = "$digest" ]; then echo "reference check: mkcomposefs 1.0.8 computes the same digest";
+  else echo "reference check: MISMATCH with mkcomposefs 1.0.8" >&2; exit 1; fi
+fi
 echo "fs-verity digest (sha256) of the image — the kernel argument would be composefs=$digest"
 echo "$digest"

@@ -24,11 +24,8 @@ import { enableVerity, type HashAlgorithm } from '../fsverity/index.js';
 import { getLibc } from '../sys/libc.js';
 import { fsyncDir } from '../util/atomic-file.js';
 
-/** `xx/yyyy…`: the object path of a digest, relative to the store root (also the redirect payload). */
-export function objectPathForDigest(digest: Uint8Array): string {
-  const hex = Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength).toString('hex');
-  return `${hex.slice(0, 2)}/${hex.slice(2)}`;
-}
+export { objectPathForDigest } from '../erofs/format.js';
+import { objectPathForDigest } from '../erofs/format.js';
 
 export type StoreDurability = 'batch' | 'per-object';
 

@@ -28,7 +28,8 @@
  */
 import { statSync } from 'node:fs';
 import { FormatError, BootcfsError } from '../errors.js';
-import { XATTR_NAME_MAX, openImage, printable, type DirEntry, type ErofsImage, type ErofsInode, type XattrEntry } from '../erofs/reader.js';
+import { XATTR_NAME_MAX } from '../erofs/format.js';
+import { openImage, printable, type DirEntry, type ErofsImage, type ErofsInode, type XattrEntry } from '../erofs/reader.js';
 import {
   XATTR_ESCAPED_OVERLAY_PREFIX,
   XATTR_OVERLAY_METACOPY,

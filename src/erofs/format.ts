@@ -87,6 +87,20 @@ export const XATTR_ESCAPED_OVERLAY_PREFIX = 'trusted.overlay.overlay.';
 export const FSVERITY_HASH_ALG_SHA256 = 1;
 export const FSVERITY_HASH_ALG_SHA512 = 2;
 
+/** Longest file name a dirent can carry (EROFS_NAME_LEN, as Linux NAME_MAX). */
+export const EROFS_NAME_MAX = 255;
+/** Longest xattr name Linux allows (XATTR_NAME_MAX). */
+export const XATTR_NAME_MAX = 255;
+
+/**
+ * `xx/yyyy…`: where an object lives in a composefs object store, relative to its root, named by its
+ * fs-verity digest (lowercase hex, first byte as the directory). Also the redirect payload of external files.
+ */
+export function objectPathForDigest(digest: Uint8Array): string {
+  const hex = Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength).toString('hex');
+  return `${hex.slice(0, 2)}/${hex.slice(2)}`;
+}
+
 export function roundUp(x: number, a: number): number {
   return Math.ceil(x / a) * a;
 }

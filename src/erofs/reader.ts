@@ -38,12 +38,9 @@ import {
   EROFS_XATTR_IBODY_HEADER_SIZE,
   XATTR_PREFIXES,
   erofsFileType,
+  EROFS_NAME_MAX,
 } from './format.js';
 
-/** Longest file name EROFS (and Linux) allows. */
-export const EROFS_NAME_MAX = 255;
-/** Longest xattr name Linux allows (XATTR_NAME_MAX). */
-export const XATTR_NAME_MAX = 255;
 
 /** feature_incompat bits this reader understands: ZERO_PADDING (meaningless without compression) and CHUNKED_FILE. */
 const SUPPORTED_INCOMPAT = 0x1 | 0x4;

@@ -24,6 +24,7 @@ import {
 import {
   XATTR_ESCAPED_OVERLAY_PREFIX, XATTR_OVERLAY_METACOPY, XATTR_OVERLAY_OPAQUE, XATTR_OVERLAY_REDIRECT,
   XATTR_TRUSTED_OVERLAY_PREFIX, FSVERITY_HASH_ALG_SHA256,
+  XATTR_NAME_MAX,
 } from './format.js';
 
 /** LCFS_INLINE_CONTENT_MAX: the largest inline file libcomposefs accepts. */
@@ -37,7 +38,6 @@ const XATTR_META_SIZE = 4;
 const XATTR_HEADER_SIZE = 12;
 const PATH_MAX = 4096;
 const NAME_MAX = 255;
-const XATTR_NAME_MAX = 255;
 const DIGEST_SIZE = 32;
 const METACOPY_SCRATCH = Buffer.from([0, 4 + DIGEST_SIZE, 0, FSVERITY_HASH_ALG_SHA256, ...new Array<number>(DIGEST_SIZE).fill(0)]);
 

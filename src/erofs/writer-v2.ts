@@ -32,6 +32,8 @@ import {
   EROFS_XATTR_ENTRY_SIZE, XATTR_PREFIXES, XATTR_OVERLAY_METACOPY, XATTR_OVERLAY_REDIRECT,
   XATTR_TRUSTED_OVERLAY_PREFIX, XATTR_ESCAPED_OVERLAY_PREFIX, FSVERITY_HASH_ALG_SHA256,
   FSVERITY_HASH_ALG_SHA512, erofsFileType, iFormat, roundUp, xattrFilterBit,
+  EROFS_NAME_MAX,
+  objectPathForDigest,
 } from './format.js';
 
 /** The header's composefs_version for images of this format. */
@@ -40,8 +42,6 @@ export const COMPOSEFS_VERSION_V2 = 2;
 export const V2_SYMLINK_MAX = 1024;
 /** composefs-rs chunk format of every external file: one chunk of 2^(12+31) bytes. */
 export const V2_EXTERNAL_CHUNK_FORMAT = 31;
-/** EROFS_NAME_LEN: the longest file name a dirent can carry (the kernel rejects longer ones). */
-export const EROFS_NAME_MAX = 255;
 
 export interface WriteV2Options {
   /** Digest algorithm of the metacopy xattr (1 = sha256, 2 = sha512) and of the redirect object path. */
@@ -204,8 +204,7 @@ class Collector {
       metacopy[3] = METACOPY_ALGORITHM_ID[this.algorithm];
       digest.copy(metacopy, 4);
       this.addXattr(ino, XATTR_OVERLAY_METACOPY, metacopy);
-      const hex = digest.toString('hex');
-      this.addXattr(ino, XATTR_OVERLAY_REDIRECT, Buffer.from(`/${hex.slice(0, 2)}/${hex.slice(2)}`, 'latin1'));
+      this.addXattr(ino, XATTR_OVERLAY_REDIRECT, Buffer.from(`/${objectPathForDigest(digest)}`, 'latin1'));
     }
     const names = [...src.xattrs.keys()].sort(compareBytes);
     for (const name of names) {
