@@ -32,5 +32,5 @@ for tier in "${TIERS[@]}"; do
 done
 echo "================ summary"
 [ ${#failed_tiers[@]} = 0 ] || echo "failed tiers: ${failed_tiers[*]}"
-echo "all tiers: $total_pass passed, $total_fail failed"
+echo "total: $total_pass passed, $total_fail failed"
 [ "$total_fail" = 0 ]
