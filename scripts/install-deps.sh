@@ -55,7 +55,7 @@ if [ "$changed" = 1 ] || [ ! -e "$STAMP" ] || [ -n "$(find "$STAMP" -mmin +1440 
 fi
 
 # ---------------------------------------------------------------- 2. Debian packages
-PKGS=(fsverity e2fsprogs qemu-system-x86 qemu-utils busybox-static cpio kmod xz-utils zstd attr util-linux
+PKGS=(fsverity e2fsprogs skopeo umoci docker-registry apache2-utils openssl qemu-system-x86 qemu-utils busybox-static cpio kmod xz-utils zstd attr util-linux
       build-essential meson ninja-build pkgconf libssl-dev go-md2man debootstrap time ca-certificates)
 if ! have_pkgs "${PKGS[@]}"; then
   say "installing Debian packages"
