@@ -65,9 +65,9 @@ fi
 # ---------------------------------------------------------------- 3. composefs 1.0.8 from the sid source package
 CFS_VER=$(apt-cache showsrc composefs 2>/dev/null | awk '/^Version:/{print $2}' | sort -V | tail -1)
 [ -n "$CFS_VER" ] || { echo "install-deps.sh: composefs source package not found (deb-src sid)" >&2; exit 1; }
-# (mkcomposefs exits 1 on --help, so check that it runs by its output)
-if [ "$(cat "$REF/composefs/.version" 2>/dev/null)" != "$CFS_VER" ] || \
-   ! "$REF/composefs/bin/mkcomposefs" --help 2>&1 | grep -q -- --digest-store || \
+# (mkcomposefs exits 1 on --help, so check that it runs by its output, outside a pipeline: pipefail is on)
+cfs_help=$("$REF/composefs/bin/mkcomposefs" --help 2>&1 || true)
+if [ "$(cat "$REF/composefs/.version" 2>/dev/null)" != "$CFS_VER" ] || [[ "$cfs_help" != *--digest-store* ]] || \
    ! [ -x "$REF/composefs/bin/composefs-info" ]; then
   say "building composefs $CFS_VER from source into $REF/composefs"
   b=$(mktemp -d /var/tmp/bootcfs-composefs.XXXXXX); chmod 755 "$b"
