@@ -115,3 +115,59 @@ export function lsetxattr(path: string | Buffer, name: string, value: Uint8Array
   const r = c.lsetxattr(cPath(path), cPath(Buffer.from(name, 'latin1')), value, value.length, 0);
   if (r < 0) throw new SystemError('lsetxattr', errno(), typeof path === 'string' ? path : path.toString('latin1'));
 }
+
+// ------------------------------------------------------------------ flock / syncfs (repository layer)
+
+type AsyncFn = Fn & { async: (...args: unknown[]) => void };
+let fsCalls: { flock: AsyncFn; syncfs: AsyncFn } | undefined;
+function getFsCalls(): { flock: AsyncFn; syncfs: AsyncFn } {
+  if (fsCalls) return fsCalls;
+  const lib = getLibc().koffi.load('libc.so.6');
+  fsCalls = {
+    flock: lib.func('int flock(int fd, int operation)') as unknown as AsyncFn,
+    syncfs: lib.func('int syncfs(int fd)') as unknown as AsyncFn,
+  };
+  return fsCalls;
+}
+
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+const EWOULDBLOCK = 11;
+const EINTR = 4;
+
+/** flock(fd, op | LOCK_NB) without waiting: true if taken, false if another holder blocks it. */
+export function tryFlock(fd: number, op: number): boolean {
+  const r = getFsCalls().flock(fd, op | LOCK_NB);
+  if (r === 0) return true;
+  const e = errno();
+  if (e === EWOULDBLOCK || e === EINTR) return false;
+  throw new SystemError('flock', e);
+}
+
+/**
+ * flock(fd, op), waiting for the lock on a worker thread so the event loop keeps running. errno is
+ * thread-local (and the call ran elsewhere), so a failure is re-diagnosed with a non-blocking retry.
+ */
+export async function flock(fd: number, op: number): Promise<void> {
+  if (op === LOCK_UN || tryFlock(fd, op)) {
+    if (op === LOCK_UN && getFsCalls().flock(fd, LOCK_UN) !== 0) throw new SystemError('flock', errno());
+    return;
+  }
+  for (;;) {
+    const r = await new Promise<number>((resolve, reject) =>
+      getFsCalls().flock.async(fd, op, (err: unknown, res: number) => (err ? reject(err) : resolve(res))),
+    );
+    if (r === 0) return;
+    if (tryFlock(fd, op)) return;
+  }
+}
+
+/** syncfs(2) on the filesystem holding `fd`, on a worker thread. */
+export async function syncfs(fd: number): Promise<void> {
+  const r = await new Promise<number>((resolve, reject) =>
+    getFsCalls().syncfs.async(fd, (err: unknown, res: number) => (err ? reject(err) : resolve(res))),
+  );
+  if (r !== 0) throw new SystemError('syncfs', 5, undefined, 'syncfs failed: the filesystem reported a write-back error');
+}

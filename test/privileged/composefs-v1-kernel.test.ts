@@ -9,7 +9,8 @@
  *    inode with nlink 1 (regular files, symlinks, devices: nlink is not compared; directories are).
  * 2. whiteouts (char devices 0/0): the image stores them as empty regular files carrying
  *    trusted.overlay.overlay.whiteout + user.overlay.whiteout (overlayfs's "xwhiteout" form), and marks the
- *    parent directory with *.overlay.whiteouts (+ *.overlay.opaque=x in format version 1). Through a single
+ *    parent directory with *.overlay.whiteouts (+ *.overlay.opaque=x in format version 1, which replaces an
+ *    opaque xattr the source directory had). Through a single
  *    composefs mount they show as exactly that: an empty regular file (same permission bits, owner, mtime)
  *    with trusted.overlay.whiteout and user.overlay.whiteout (one escape level removed), and the parent
  *    shows the marker xattrs. They act as whiteouts only when the composefs mount is itself a lower layer
@@ -75,7 +76,13 @@ export function compareViews(src: Map<string, EntryView>, mnt: Map<string, Entry
     }
     const sx = { ...e.xattrs };
     const mx = { ...m.xattrs };
-    if (whiteoutParents.has(p)) for (const k of WHITEOUT_MARKERS) delete mx[k];
+    if (whiteoutParents.has(p)) {
+      // the markers are added by mkcomposefs; a source directory's own *.overlay.opaque is replaced by opaque=x
+      for (const k of WHITEOUT_MARKERS) {
+        delete mx[k];
+        delete sx[k];
+      }
+    }
     if (JSON.stringify(Object.entries(sx).sort()) !== JSON.stringify(Object.entries(mx).sort())) {
       diffs.push(`${show(p)}: xattrs ${JSON.stringify(sx)} in source, ${JSON.stringify(mx)} in mount`);
     }
