@@ -16,3 +16,15 @@ export { DigestStore, objectPathForDigest } from './composefs/digest-store.js';
 export { writeFileAtomic } from './util/atomic-file.js';
 export { lgetxattrs, lsetxattr } from './sys/libc.js';
 export { VERSION } from './version.js';
+
+// repository layer
+export * from './splitstream/index.js';
+export * from './repository/index.js';
+export { zstdCompress, zstdDecompress, zstdDecompressStream, ZstdCompressStream } from './util/zstd.js';
+
+// oci layer: image sources
+export { openImageSource, openLayer, type ImageSource, type ManifestResult, type ConfigResult, type OpenSourceOptions } from './oci/source.js';
+export { parseImageReference, formatImageReference, ImageReferenceError, type ImageReference } from './oci/reference.js';
+export { parseDigest, digestOf, DigestMismatchError, SizeMismatchError, InvalidDigestError } from './oci/digest.js';
+export { MediaTypes, parseManifestDocument, parseImageConfig, selectPlatformManifest, OciFormatError, type OciDescriptor, type OciManifest, type OciIndex, type OciImageConfig, type Platform } from './oci/types.js';
+export { RegistryClient, RegistryError, type RegistryOptions } from './oci/registry.js';
