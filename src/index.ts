@@ -28,3 +28,6 @@ export { parseImageReference, formatImageReference, ImageReferenceError, type Im
 export { parseDigest, digestOf, DigestMismatchError, SizeMismatchError, InvalidDigestError } from './oci/digest.js';
 export { MediaTypes, parseManifestDocument, parseImageConfig, selectPlatformManifest, OciFormatError, type OciDescriptor, type OciManifest, type OciIndex, type OciImageConfig, type Platform } from './oci/types.js';
 export { RegistryClient, RegistryError, type RegistryOptions } from './oci/registry.js';
+export { tarSegments, tarEntries, type TarEntry, type TarSegment, TarSparseError } from './oci/tar.js';
+export { LayerTreeBuilder, buildTreeFromLayers, digestOnly, normaliseTarPath } from './oci/layers.js';
+export { transformForOci, OciTransformError } from './oci/transform.js';
