@@ -14,7 +14,8 @@ import { writeImageV1 } from '../../src/erofs/writer-v1.js';
 import { writeImageV2 } from '../../src/erofs/writer-v2.js';
 import { enableVerity, measureVerity, fsverityDigest, fsverityDigestFile, type HashAlgorithm } from '../../src/fsverity/index.js';
 import { lsetxattr } from '../../src/sys/libc.js';
-import { mountComposefs, snapshotTree } from '../helpers/mount.js';
+import { compareViews, mountComposefs, snapshotTree } from '../helpers/mount.js';
+import { generateDiskTree } from '../helpers/gen-disk-tree.js';
 import { Rng } from '../helpers/rng.js';
 
 const scratch = process.env.BOOTCFS_GUEST_SCRATCH ?? '/var/tmp/scratch';
@@ -127,6 +128,34 @@ test('a verity-enabled image file cannot be modified (the guarantee composefs=<d
     // once fs-verity is enabled the kernel refuses to open the file for writing
     assert.throws(() => writeFileSync(img, 'x', { flag: 'r+' }), /EPERM|EACCES|ETXTBSY/);
     execFileSync('sync');
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+});
+
+test('generated tree, v1 image, objects with fs-verity, verity=require: the kernel shows exactly the source tree', async () => {
+  const work = mkdtempSync(path.join(scratch, 'cfs-gen-'));
+  try {
+    const src = path.join(work, 'src');
+    await generateDiskTree(src, 4242, { entries: 80, maxFileSize: 256 * 1024 });
+    const objects = path.join(work, 'objects');
+    const tree = await readDirectoryTree(src, { digestStore: objects });
+    for (const o of objectFiles(objects)) {
+      assert.equal(measureVerity(path.join(objects, o)).digest.toString('hex'), o.replace('/', ''), `object ${o} has fs-verity`);
+    }
+    const img = path.join(work, 'image.cfs');
+    writeFileSync(img, writeImageV1(tree));
+    enableVerity(img, 'sha256');
+    const want = await snapshotTree(src);
+    const mnt = mountComposefs(img, objects, path.join(work, 'mnt'), { verity: true });
+    let got;
+    try {
+      got = await snapshotTree(mnt.root);
+    } finally {
+      mnt.unmount();
+    }
+    const diffs = compareViews(want, got);
+    assert.deepEqual(diffs.slice(0, 20), [], `${diffs.length} differences`);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -27,71 +27,8 @@ import path from 'node:path';
 import { readDirectoryTree } from '../../src/tree/from-directory.js';
 import { writeImageV1 } from '../../src/erofs/writer-v1.js';
 import { generateDiskTree } from '../helpers/gen-disk-tree.js';
-import { mountComposefs, snapshotTree, type EntryView } from '../helpers/mount.js';
+import { compareViews, mountComposefs, snapshotTree, type EntryView } from '../helpers/mount.js';
 import { cases, isRoot } from '../helpers/ref.js';
-
-const WHITEOUT_MARKERS = new Set([
-  'trusted.overlay.whiteouts',
-  'user.overlay.whiteouts',
-  'trusted.overlay.opaque',
-  'user.overlay.opaque',
-]);
-
-/** Compare the source view with the mounted view; returns unexpected differences. */
-export function compareViews(src: Map<string, EntryView>, mnt: Map<string, EntryView>): string[] {
-  const diffs: string[] = [];
-  const show = (p: string) => JSON.stringify(p);
-  // whiteouts in the source: hidden in the mount (expected difference 2); remember their parents
-  const whiteoutParents = new Set<string>();
-  for (const [p, e] of src) {
-    if (e.type === 'chr' && e.rdev === 0) {
-      whiteoutParents.add(path.posix.dirname(p));
-      const m = mnt.get(p);
-      if (!m) {
-        diffs.push(`${show(p)}: whiteout missing in the mount`);
-        continue;
-      }
-      const want = { type: 'reg', mode: 0o100000 | (e.mode & 0o7777), uid: e.uid, gid: e.gid, mtimeNs: e.mtimeNs, size: 0n };
-      for (const [k, v] of Object.entries(want)) {
-        if (String(m[k as keyof EntryView]) !== String(v)) diffs.push(`${show(p)}: whiteout ${k} ${String(m[k as keyof EntryView])}, expected ${String(v)}`);
-      }
-      const wx = { ...e.xattrs, 'trusted.overlay.whiteout': '', 'user.overlay.whiteout': '' };
-      if (JSON.stringify(Object.entries(wx).sort()) !== JSON.stringify(Object.entries(m.xattrs).sort())) {
-        diffs.push(`${show(p)}: whiteout xattrs ${JSON.stringify(m.xattrs)}, expected ${JSON.stringify(wx)}`);
-      }
-    }
-  }
-  for (const [p, e] of src) {
-    if (e.type === 'chr' && e.rdev === 0) continue;
-    const m = mnt.get(p);
-    if (!m) {
-      diffs.push(`${show(p)}: missing in the mount`);
-      continue;
-    }
-    const fields: Array<keyof EntryView> = ['type', 'mode', 'uid', 'gid', 'mtimeNs', 'rdev', 'target', 'contentSha256'];
-    if (e.type !== 'dir') fields.push('size');
-    if (e.type === 'dir') fields.push('nlink');
-    for (const f of fields) {
-      if (String(e[f]) !== String(m[f])) diffs.push(`${show(p)}: ${f} ${String(e[f])} in source, ${String(m[f])} in mount`);
-    }
-    const sx = { ...e.xattrs };
-    const mx = { ...m.xattrs };
-    if (whiteoutParents.has(p)) {
-      // the markers are added by mkcomposefs; a source directory's own *.overlay.opaque is replaced by opaque=x
-      for (const k of WHITEOUT_MARKERS) {
-        delete mx[k];
-        delete sx[k];
-      }
-    }
-    if (JSON.stringify(Object.entries(sx).sort()) !== JSON.stringify(Object.entries(mx).sort())) {
-      diffs.push(`${show(p)}: xattrs ${JSON.stringify(sx)} in source, ${JSON.stringify(mx)} in mount`);
-    }
-  }
-  for (const p of mnt.keys()) {
-    if (!src.has(p)) diffs.push(`${show(p)}: only in the mount`);
-  }
-  return diffs;
-}
 
 test('v1 images of random on-disk trees: the kernel shows exactly the source tree', { timeout: 900_000 }, async (t) => {
   assert.ok(isRoot, 'the privileged tier must run as root (mounts)');

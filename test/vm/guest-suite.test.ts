@@ -21,7 +21,9 @@ test('guest suite (fs-verity + composefs mounts in a trixie QEMU guest)', { time
       path.join(stage, 'guest-run.sh'),
       [
         'export PATH=/bin:/usr/bin:/sbin:/usr/sbin HOME=/root',
-        'mkdir -p /var/tmp/scratch /root',
+        'mkdir -p /var/tmp/scratch/tmp /root',
+        // same filesystem as the scratch trees (the tree generator renames sockets into place)
+        'export TMPDIR=/var/tmp/scratch/tmp',
         'export BOOTCFS_GUEST_SCRATCH=/var/tmp/scratch BOOTCFS_IN_GUEST=1',
         'cd /bootcfs',
         `node --test --test-concurrency=1 --test-reporter=tap ${files.map((f) => `dist/test/guest/${f}`).join(' ')}`,
