@@ -23,7 +23,7 @@ import {
 } from '../tree/model.js';
 import {
   XATTR_ESCAPED_OVERLAY_PREFIX, XATTR_OVERLAY_METACOPY, XATTR_OVERLAY_OPAQUE, XATTR_OVERLAY_REDIRECT,
-  XATTR_TRUSTED_OVERLAY_PREFIX, FSVERITY_HASH_ALG_SHA256,
+  XATTR_TRUSTED_OVERLAY_PREFIX, FSVERITY_HASH_ALG_SHA256, FSVERITY_HASH_ALG_SHA512,
   XATTR_NAME_MAX,
 } from './format.js';
 
@@ -38,8 +38,12 @@ const XATTR_META_SIZE = 4;
 const XATTR_HEADER_SIZE = 12;
 const PATH_MAX = 4096;
 const NAME_MAX = 255;
-const DIGEST_SIZE = 32;
-const METACOPY_SCRATCH = Buffer.from([0, 4 + DIGEST_SIZE, 0, FSVERITY_HASH_ALG_SHA256, ...new Array<number>(DIGEST_SIZE).fill(0)]);
+// struct ovl_metacopy scratch buffers per digest length (sha256: 32 bytes, alg 1; sha512: 64 bytes,
+// alg 2 — the kernel accepts either; libcomposefs only writes sha256, the repository defaults to sha512).
+const METACOPY_SCRATCH: ReadonlyMap<number, Buffer> = new Map([
+  [32, Buffer.from([0, 4 + 32, 0, FSVERITY_HASH_ALG_SHA256, ...new Array<number>(32).fill(0)])],
+  [64, Buffer.from([0, 4 + 64, 0, FSVERITY_HASH_ALG_SHA512, ...new Array<number>(64).fill(0)])],
+]);
 
 const ESCAPED_WHITEOUT = 'trusted.overlay.overlay.whiteout';
 const ESCAPED_WHITEOUTS = 'trusted.overlay.overlay.whiteouts';
@@ -279,10 +283,11 @@ function rewriteNode(n: WNode, src: Inode, version: number): void {
     }
     let metacopy = EMPTY;
     if (src.digest !== undefined) {
-      if (src.digest.length !== DIGEST_SIZE) throw inval(`digest must be ${DIGEST_SIZE} bytes at ${nodePath(n)}`);
+      const scratch = METACOPY_SCRATCH.get(src.digest.length);
+      if (scratch === undefined) throw inval(`digest must be 32 (sha256) or 64 (sha512) bytes at ${nodePath(n)}`);
       // struct ovl_metacopy: version 0, len, flags 0, digest algorithm, digest (built as one flat string)
-      METACOPY_SCRATCH.set(src.digest, 4);
-      metacopy = METACOPY_SCRATCH.toString('latin1');
+      scratch.set(src.digest, 4);
+      metacopy = scratch.toString('latin1');
     }
     n.setXattr(XATTR_OVERLAY_METACOPY, metacopy);
     const payload = src.payload;

@@ -1,0 +1,196 @@
+/**
+ * The merged filesystem tree and composefs image of an OCI image stored in a repository, built from
+ * its layer splitstreams (composefs-format.md §6 "Tree building", "Image id"):
+ *
+ *   buildImageTree(repo, diffIds)        merged tree of the `oci-layer-<diff_id>` streams, in order,
+ *                                        with the xattr rule (xattr-rule.ts) and transformForOci applied
+ *   writeImageBytes(fs, format, alg)     EROFS bytes: format 1 → writeImageV1 (C-compatible), 2 →
+ *                                        writeImageV2 (composefs-rs native) with the digest algorithm
+ *   computeImageId(repo, tagOrConfig)    fs-verity digest of that EROFS, without writing anything
+ *   computeDirectoryId(dir, opts)        the same for an unpacked rootfs on disk (must agree with
+ *                                        computeImageId for the same image: digest reproducibility)
+ *
+ * Reading a layer stream back: the inline chunks hold every tar header, padding, end block and the
+ * content of regular files of ≤ 64 bytes; each regular file larger than that is exactly one external
+ * chunk (how pull.ts and composefs-rs write layers). So the tar is re-parsed from a synthetic byte
+ * stream in which every external chunk is replaced by zeros of the object's size (its file size; no
+ * object is read), and the file's digest is taken from the chunk itself — never re-hashed. A stream
+ * that breaks the rule (a large file inline, an external chunk that is not one file's whole content)
+ * is a FormatError rather than a silently wrong digest.
+ */
+import * as fsp from 'node:fs/promises';
+import { BootcfsError, FormatError, NotSupportedError } from '../errors.js';
+import { fsverityDigest, type HashAlgorithm } from '../fsverity/index.js';
+import { writeImageV1 } from '../erofs/writer-v1.js';
+import { writeImageV2 } from '../erofs/writer-v2.js';
+import { readDirectoryTree } from '../tree/from-directory.js';
+import type { FileSystem, Inode } from '../tree/model.js';
+import { objectPathForDigest } from '../erofs/format.js';
+import type { ErofsFormatVersion, Repository } from '../repository/index.js';
+import { CONTENT_TYPE } from '../splitstream/format.js';
+import { INLINE_CONTENT_MAX, LayerTreeBuilder } from './layers.js';
+import { transformForOci } from './transform.js';
+import { applyXattrRule } from './xattr-rule.js';
+
+export type ErofsFormat = ErofsFormatVersion;
+
+export interface ImageIdOptions {
+  /** EROFS format (default: the repository's for computeImageId, 1 for computeDirectoryId). */
+  format?: ErofsFormat;
+  /** Digest algorithm (default: the repository's; computeDirectoryId: sha512, the repository default). */
+  algorithm?: HashAlgorithm;
+}
+
+/** Stream names of composefs-oci (composefs-format.md §6 "Stream naming"). */
+export const layerStreamName = (diffId: string): string => `oci-layer-${diffId}`;
+export const configStreamName = (configDigest: string): string => `oci-config-${configDigest}`;
+export const manifestStreamName = (manifestDigest: string): string => `oci-manifest-${manifestDigest}`;
+
+/** `streams/refs/oci/<tag>` ref name of a tag: `%` → `%25`, `/` → `%2F` (composefs-oci's encoding). */
+export function ociTagRef(tag: string): string {
+  if (tag.length === 0 || tag.startsWith('@')) throw new BootcfsError('EINVAL', `invalid OCI tag '${tag}' (empty or starting with '@')`);
+  return `oci/${tag.replace(/%/g, '%25').replace(/\//g, '%2F')}`;
+}
+
+const ZEROS = Buffer.alloc(256 * 1024);
+
+async function objectSize(repo: Repository, digest: Buffer): Promise<number> {
+  try {
+    return (await fsp.stat(repo.objectPath(digest))).size;
+  } catch (e) {
+    throw new BootcfsError('ENOENT', `object ${digest.toString('hex')} referenced by a layer stream is missing (${(e as Error).message}); run fsck`);
+  }
+}
+
+/** Applies the layer stream `name` to `builder` (see the file comment). */
+async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, name: string): Promise<void> {
+  const ss = await repo.openStream(name);
+  if (ss.contentType !== CONTENT_TYPE.ociLayer) {
+    throw new FormatError(`stream '${name}' is not an OCI layer splitstream`, ss.header.info.start + 64);
+  }
+  // Digests of external chunks, in stream order, queued as the synthetic source passes them.
+  const pending: Buffer[] = [];
+  async function* synthetic(): AsyncGenerator<Uint8Array> {
+    for (const c of ss.chunks()) {
+      if ('inline' in c) {
+        yield c.inline;
+        continue;
+      }
+      pending.push(c.object);
+      let left = await objectSize(repo, c.object);
+      while (left > 0) {
+        const n = Math.min(left, ZEROS.length);
+        yield ZEROS.subarray(0, n);
+        left -= n;
+      }
+    }
+  }
+  await builder.applyLayer(synthetic(), {
+    layerName: name,
+    inlineMax: INLINE_CONTENT_MAX,
+    external: async (content, entry) => {
+      // The whole content must be exactly one external chunk: the one queued while it is read (the
+      // parser pulls a chunk only when it needs its bytes, so nothing is queued before we start).
+      const misplaced = (): FormatError =>
+        new FormatError(`layer stream '${name}': content of ${printable(entry.path)} (${entry.size} bytes) is not one external object`, entry.dataOffset);
+      if (pending.length !== 0) throw misplaced();
+      for await (const piece of content) void piece;
+      const digest = pending.shift();
+      if (digest === undefined || pending.length !== 0) throw misplaced();
+      if ((await objectSize(repo, digest)) !== entry.size) {
+        throw new FormatError(`layer stream '${name}': object for ${printable(entry.path)} has the wrong size`, entry.dataOffset);
+      }
+      return digest;
+    },
+  });
+  if (pending.length !== 0) throw new FormatError(`layer stream '${name}' has an external chunk that is not a file's content`, ss.header.info.start);
+}
+
+function printable(s: string): string {
+  return s.replace(/[^\x20-\x7e]/g, '?');
+}
+
+/** The merged, xattr-filtered, OCI-transformed tree of the given layers (their streams must exist). */
+export async function buildImageTree(repo: Repository, diffIds: readonly string[]): Promise<FileSystem> {
+  const builder = new LayerTreeBuilder();
+  for (const diffId of diffIds) await applyLayerStream(repo, builder, layerStreamName(diffId));
+  const fs = builder.finish();
+  applyXattrRule(fs);
+  return transformForOci(fs);
+}
+
+/** EROFS bytes of a tree in the given format. */
+export function writeImageBytes(fs: FileSystem, format: ErofsFormat, algorithm: HashAlgorithm): Buffer {
+  if (format === 1) return writeImageV1(fs);
+  if (format === 2) return writeImageV2(fs, { algorithm });
+  // Format 0 (composefs-rs's pre-v1 C layout) is readable by the kernel but not produced by our writers.
+  throw new NotSupportedError(`EROFS format ${String(format)} images cannot be written (use 1 or 2)`, 95);
+}
+
+/** The diff_ids recorded in a config stream (its raw config JSON object). */
+export async function configDiffIds(repo: Repository, configStream: string): Promise<string[]> {
+  const ss = await repo.openStream(configStream);
+  if (ss.contentType !== CONTENT_TYPE.ociConfig) throw new FormatError(`stream '${configStream}' is not an OCI config splitstream`, ss.header.info.start + 64);
+  const parts: Buffer[] = [];
+  for (const c of ss.chunks()) parts.push('inline' in c ? c.inline : await repo.readObject(c.object, { verify: true }));
+  let cfg: unknown;
+  try {
+    cfg = JSON.parse(Buffer.concat(parts).toString('utf8'));
+  } catch {
+    throw new FormatError(`stream '${configStream}' does not hold JSON`, 0);
+  }
+  const ids = (cfg as { rootfs?: { diff_ids?: unknown } } | null)?.rootfs?.diff_ids;
+  if (!Array.isArray(ids) || ids.some((d) => typeof d !== 'string')) throw new FormatError(`config in '${configStream}' has no rootfs.diff_ids`, 0);
+  return ids as string[];
+}
+
+/** Resolves a tag (`streams/refs/oci/<tag>` → manifest stream) or `@sha256:…` / `sha256:…` config digest to the config stream name. */
+export async function resolveConfigStream(repo: Repository, tagOrConfigDigest: string): Promise<string> {
+  const digest = tagOrConfigDigest.replace(/^@/, '');
+  if (/^sha(256|512):[0-9a-f]+$/.test(digest)) return configStreamName(digest);
+  const manifest = await repo.openStream(`refs/${ociTagRef(tagOrConfigDigest)}`);
+  for (const [name] of manifest.namedRefs) {
+    if (name.startsWith('config:')) return configStreamName(name.slice('config:'.length));
+  }
+  throw new FormatError(`manifest stream of tag '${tagOrConfigDigest}' has no config: named ref`, 0);
+}
+
+/** fs-verity digest of the composefs image of a stored OCI image; writes nothing. */
+export async function computeImageId(repo: Repository, tagOrConfigDigest: string, opts: ImageIdOptions = {}): Promise<Buffer> {
+  const algorithm = opts.algorithm ?? repo.algorithm;
+  const diffIds = await configDiffIds(repo, await resolveConfigStream(repo, tagOrConfigDigest));
+  const fs = await buildImageTree(repo, diffIds);
+  // Object digests in the tree are the repository's; another algorithm needs every object re-measured
+  // (read back from the repository; hardlinked inodes once).
+  if (algorithm !== repo.algorithm) await remeasure(repo, fs, algorithm);
+  return fsverityDigest(writeImageBytes(fs, opts.format ?? repo.erofsFormat, algorithm), algorithm);
+}
+
+async function remeasure(repo: Repository, fs: FileSystem, algorithm: HashAlgorithm): Promise<void> {
+  const seen = new Set<Inode>();
+  const stack: Inode[] = [fs.root];
+  while (stack.length > 0) {
+    const inode = stack.pop()!;
+    if (seen.has(inode)) continue;
+    seen.add(inode);
+    if (inode.digest !== undefined) {
+      inode.digest = fsverityDigest(await repo.readObject(inode.digest, { verify: true }), algorithm);
+      inode.payload = objectPathForDigest(inode.digest);
+    }
+    if (inode.entries !== undefined) for (const child of inode.entries.values()) stack.push(child);
+  }
+}
+
+/** The merged tree of an unpacked rootfs under the same rules as buildImageTree (no objects stored). */
+export async function readRootfsTree(dir: string, algorithm: HashAlgorithm): Promise<FileSystem> {
+  const fs = await readDirectoryTree(dir, { hardlinks: 'preserve', inlineMax: INLINE_CONTENT_MAX, algorithm });
+  applyXattrRule(fs);
+  return transformForOci(fs);
+}
+
+/** fs-verity digest of the composefs image of an unpacked rootfs directory (same rules as computeImageId). */
+export async function computeDirectoryId(dir: string, opts: ImageIdOptions = {}): Promise<Buffer> {
+  const algorithm = opts.algorithm ?? 'sha512';
+  const fs = await readRootfsTree(dir, algorithm);
+  return fsverityDigest(writeImageBytes(fs, opts.format ?? 1, algorithm), algorithm);
+}
