@@ -32,5 +32,7 @@ export { tarSegments, tarEntries, type TarEntry, type TarSegment, TarSparseError
 export { LayerTreeBuilder, buildTreeFromLayers, digestOnly, normaliseTarPath } from './oci/layers.js';
 export { transformForOci, OciTransformError } from './oci/transform.js';
 export { keepXattr, applyXattrRule, XATTR_RULE_VERSION, XATTR_RULE_NAME } from './oci/xattr-rule.js';
-export { buildImageTree, computeImageId, computeDirectoryId, readRootfsTree, writeImageBytes, ociTagRef, layerStreamName, configStreamName, manifestStreamName, type ImageIdOptions } from './oci/image.js';
+export { buildImageTree, computeImageId, writeImageBytes, ociTagRef, layerStreamName, configStreamName, manifestStreamName, type ImageIdOptions } from './oci/image.js';
 export { pullImage, importLayer, IMAGE_REF, XATTR_RULE_REF, type PullOptions, type PullResult, type PullProgressEvent } from './oci/pull.js';
+export { computeDirectoryId, computeDirectoryImageId, createImageFromDirectory, readDirectoryForRepository } from './oci/directory-image.js';
+export { mountImage, resolveImageId } from './repository/mount.js';

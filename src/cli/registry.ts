@@ -1,4 +1,5 @@
 import type { Command } from './command.js';
+import { command as cfs } from './commands/cfs.js';
 import { command as composefsInfo } from './commands/composefs-info.js';
 import { command as fsverity } from './commands/fsverity.js';
 import { command as mkcomposefs } from './commands/mkcomposefs.js';
@@ -8,4 +9,5 @@ export const commands: Record<string, Command> = {
   mkcomposefs,
   'composefs-info': composefsInfo,
   fsverity,
+  cfs,
 };

@@ -7,8 +7,8 @@
  *   writeImageBytes(fs, format, alg)     EROFS bytes: format 1 → writeImageV1 (C-compatible), 2 →
  *                                        writeImageV2 (composefs-rs native) with the digest algorithm
  *   computeImageId(repo, tagOrConfig)    fs-verity digest of that EROFS, without writing anything
- *   computeDirectoryId(dir, opts)        the same for an unpacked rootfs on disk (must agree with
- *                                        computeImageId for the same image: digest reproducibility)
+ *   (computeDirectoryId in directory-image.ts is the same for an unpacked rootfs on disk; it must agree with
+ *    computeImageId for the same image: digest reproducibility)
  *
  * Reading a layer stream back: the inline chunks hold every tar header, padding, end block and the
  * content of regular files of ≤ 64 bytes; each regular file larger than that is exactly one external
@@ -23,7 +23,6 @@ import { BootcfsError, FormatError, NotSupportedError } from '../errors.js';
 import { fsverityDigest, type HashAlgorithm } from '../fsverity/index.js';
 import { writeImageV1 } from '../erofs/writer-v1.js';
 import { writeImageV2 } from '../erofs/writer-v2.js';
-import { readDirectoryTree } from '../tree/from-directory.js';
 import type { FileSystem, Inode } from '../tree/model.js';
 import { objectPathForDigest } from '../erofs/format.js';
 import type { ErofsFormatVersion, Repository } from '../repository/index.js';
@@ -181,16 +180,3 @@ async function remeasure(repo: Repository, fs: FileSystem, algorithm: HashAlgori
   }
 }
 
-/** The merged tree of an unpacked rootfs under the same rules as buildImageTree (no objects stored). */
-export async function readRootfsTree(dir: string, algorithm: HashAlgorithm): Promise<FileSystem> {
-  const fs = await readDirectoryTree(dir, { hardlinks: 'preserve', inlineMax: INLINE_CONTENT_MAX, algorithm });
-  applyXattrRule(fs);
-  return transformForOci(fs);
-}
-
-/** fs-verity digest of the composefs image of an unpacked rootfs directory (same rules as computeImageId). */
-export async function computeDirectoryId(dir: string, opts: ImageIdOptions = {}): Promise<Buffer> {
-  const algorithm = opts.algorithm ?? 'sha512';
-  const fs = await readRootfsTree(dir, algorithm);
-  return fsverityDigest(writeImageBytes(fs, opts.format ?? 1, algorithm), algorithm);
-}
