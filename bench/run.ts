@@ -15,6 +15,7 @@ interface Suite { name: string; load: () => Promise<{ run: () => Promise<BenchRe
 const suites: Suite[] = [
   { name: 'fsverity', load: () => import('./fsverity.js') },
   { name: 'mkcomposefs', load: () => import('./mkcomposefs.js') },
+  { name: 'oci-import', load: () => import('./oci-import.js') },
 ];
 
 function fmt(n: number): string {
