@@ -9,6 +9,10 @@
  * (labels are assigned by the bootable transform from the image's own policy; umoci and rootless
  * unpackers cannot carry them, so keeping them would make the two paths disagree).
  *
+ * The rule also fixes symlink permission bits to 0777: Linux ignores them and every extracted tree
+ * reports 0777, so a tar symlink with other bits would otherwise make the layer path and the directory
+ * path disagree (composefs-rs keeps the tar's bits here).
+ *
  * The version is recorded with every pulled image (src/oci/pull.ts) so a future rule change is visible.
  */
 import type { ByteString, FileSystem, Inode } from '../tree/model.js';
@@ -23,7 +27,10 @@ export function keepXattr(name: ByteString): boolean {
   return name === 'system.posix_acl_access' || name === 'system.posix_acl_default';
 }
 
-/** Removes every xattr the rule drops, on every inode of the tree (hardlinked inodes once). Mutates. */
+/**
+ * Removes every xattr the rule drops and sets symlink permission bits to 0777, on every inode of the tree
+ * (hardlinked inodes once). Mutates.
+ */
 export function applyXattrRule(fs: FileSystem): FileSystem {
   const seen = new Set<Inode>();
   const stack: Inode[] = [fs.root];
@@ -34,6 +41,7 @@ export function applyXattrRule(fs: FileSystem): FileSystem {
     for (const name of [...inode.xattrs.keys()]) {
       if (!keepXattr(name)) inode.xattrs.delete(name);
     }
+    if (inode.isSymlink) inode.mode = (inode.mode & ~0o7777) | 0o777;
     if (inode.entries !== undefined) for (const child of inode.entries.values()) stack.push(child);
   }
   return fs;
