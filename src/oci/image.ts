@@ -53,7 +53,13 @@ export function ociTagRef(tag: string): string {
 
 const ZEROS = Buffer.alloc(256 * 1024);
 
-async function objectSize(repo: Repository, digest: Buffer): Promise<number> {
+/** Object sizes already known to the caller (hex digest → bytes), e.g. from the import that stored them. */
+export type ObjectSizes = ReadonlyMap<string, number>;
+
+async function objectSize(repo: Repository, digest: Buffer, known: ObjectSizes | undefined): Promise<number> {
+  // A digest names content, so a size recorded when that content was stored is its size for good.
+  const size = known?.get(digest.toString('hex'));
+  if (size !== undefined) return size;
   try {
     return (await fsp.stat(repo.objectPath(digest))).size;
   } catch (e) {
@@ -62,7 +68,7 @@ async function objectSize(repo: Repository, digest: Buffer): Promise<number> {
 }
 
 /** Applies the layer stream `name` to `builder` (see the file comment). */
-async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, name: string): Promise<void> {
+async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, name: string, known: ObjectSizes | undefined): Promise<void> {
   const ss = await repo.openStream(name);
   if (ss.contentType !== CONTENT_TYPE.ociLayer) {
     throw new FormatError(`stream '${name}' is not an OCI layer splitstream`, ss.header.info.start + 64);
@@ -76,7 +82,7 @@ async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, nam
         continue;
       }
       pending.push(c.object);
-      let left = await objectSize(repo, c.object);
+      let left = await objectSize(repo, c.object, known);
       while (left > 0) {
         const n = Math.min(left, ZEROS.length);
         yield ZEROS.subarray(0, n);
@@ -96,7 +102,7 @@ async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, nam
       for await (const piece of content) void piece;
       const digest = pending.shift();
       if (digest === undefined || pending.length !== 0) throw misplaced();
-      if ((await objectSize(repo, digest)) !== entry.size) {
+      if ((await objectSize(repo, digest, known)) !== entry.size) {
         throw new FormatError(`layer stream '${name}': object for ${printable(entry.path)} has the wrong size`, entry.dataOffset);
       }
       return digest;
@@ -109,10 +115,13 @@ function printable(s: string): string {
   return s.replace(/[^\x20-\x7e]/g, '?');
 }
 
-/** The merged, xattr-filtered, OCI-transformed tree of the given layers (their streams must exist). */
-export async function buildImageTree(repo: Repository, diffIds: readonly string[]): Promise<FileSystem> {
+/**
+ * The merged, xattr-filtered, OCI-transformed tree of the given layers (their streams must exist).
+ * `objectSizes`: sizes of objects the caller knows (pull: those it just stored), so they are not stat()ed.
+ */
+export async function buildImageTree(repo: Repository, diffIds: readonly string[], objectSizes?: ObjectSizes): Promise<FileSystem> {
   const builder = new LayerTreeBuilder();
-  for (const diffId of diffIds) await applyLayerStream(repo, builder, layerStreamName(diffId));
+  for (const diffId of diffIds) await applyLayerStream(repo, builder, layerStreamName(diffId), objectSizes);
   const fs = builder.finish();
   applyXattrRule(fs);
   return transformForOci(fs);

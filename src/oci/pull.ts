@@ -11,10 +11,13 @@
  *    exists is skipped (resumable pulls, re-pull is a no-op). Otherwise the decompressed tar
  *    (openLayer: blob digest and diff_id verified while streaming) goes through tarSegments into a
  *    SplitStreamWriter ('ocilayer'): headers, padding, end blocks and contents of regular files of ≤ 64
- *    bytes inline; each larger regular file streamed straight into repo.ensureObject (never held in
- *    memory whole) and referenced. The stream is published only after the whole layer has been read,
+ *    bytes inline; each larger regular file of ≤ SMALL_OBJECT_MAX read whole and stored in the
+ *    background (writeExternalData, up to OBJECTS_IN_FLIGHT at once per layer, referenced in stream
+ *    order), each larger one streamed straight into repo.ensureObject (never held in memory whole).
+ *    The stream is published only after the whole layer has been read (and every object stored),
  *    i.e. after both digests verified — a tampered blob leaves only unreferenced objects (gc fodder).
- * 3. the tree is built back from the layer streams (image.ts: xattr rule, transformForOci), written
+ * 3. the tree is built back from the layer streams (image.ts: xattr rule, transformForOci; the sizes of
+ *    the objects this pull stored are passed along instead of stat()ing each object), written
  *    per repo.erofsFormat and stored with repo.writeImage.
  * 4. config stream `oci-config-<config digest>` ('ociconfg'): the raw config JSON as ONE external
  *    object; named refs `<diff_id>` → layer streams, `composefs.image` → the image, and
@@ -41,6 +44,14 @@ import { XATTR_RULE_NAME, XATTR_RULE_VERSION } from './xattr-rule.js';
 
 /** Layers imported at the same time (each is mostly decompression + hashing on this thread). */
 export const LAYER_CONCURRENCY = 2;
+
+/**
+ * Regular files up to this size are read whole from the tar and stored with one write; larger ones are
+ * streamed into the object store (never held in memory whole).
+ */
+export const SMALL_OBJECT_MAX = 1 << 20;
+/** Small-object stores running at once per layer (memory bound: OBJECTS_IN_FLIGHT × SMALL_OBJECT_MAX). */
+export const OBJECTS_IN_FLIGHT = 16;
 
 /** Named ref (in the config stream) of the xattr-rule record. */
 export const XATTR_RULE_REF = 'bootcfs.xattr-rule';
@@ -86,16 +97,39 @@ export async function importLayer(
   source: ImageSource,
   desc: OciDescriptor,
   diffId: string,
+  objectSizes?: Map<string, number>,
 ): Promise<{ streamDigest: Buffer; objects: number; inlineBytes: number }> {
   const writer = new SplitStreamWriter(repo, { algorithm: repo.algorithm, contentType: 'ocilayer' });
   const it = tarSegments(openLayer(source, desc, { diffId }))[Symbol.asyncIterator]();
   let objects = 0;
   let inlineBytes = 0;
+  // Stores of small objects still running (oldest first): at most OBJECTS_IN_FLIGHT, so a layer of many
+  // small files keeps the thread pool busy while decompression continues, with bounded memory.
+  const inFlight: Promise<Buffer>[] = [];
   try {
     let r = await it.next();
     while (!r.done) {
       const seg = r.value;
-      if (seg.kind === 'data' && seg.entry.type === 'reg' && seg.entry.size > INLINE_CONTENT_MAX) {
+      if (seg.kind === 'data' && seg.entry.type === 'reg' && seg.entry.size > INLINE_CONTENT_MAX && seg.entry.size <= SMALL_OBJECT_MAX) {
+        // Small object: gathered whole (its size is known from the tar header) and written in one call.
+        const entry = seg.entry;
+        const parts = [seg.bytes];
+        let got = seg.bytes.length;
+        while (got < entry.size) {
+          const n = await it.next();
+          if (n.done || n.value.kind !== 'data') throw new FormatError('tar content ended early', entry.dataOffset + got);
+          parts.push(n.value.bytes);
+          got += n.value.bytes.length;
+        }
+        if (got !== entry.size) throw new FormatError(`tar data of ${entry.path} overruns its size`, entry.dataOffset + entry.size);
+        // writeExternalData records the reference now (in stream order) and stores in the background.
+        const stored = writer.writeExternalData(parts.length === 1 ? parts[0]! : Buffer.concat(parts, got));
+        const tracked = stored.then((d) => (objectSizes?.set(d.toString('hex'), got), d));
+        tracked.catch(() => undefined); // awaited below (or in finally); no unhandled rejection meanwhile
+        inFlight.push(tracked);
+        objects++;
+        if (inFlight.length >= OBJECTS_IN_FLIGHT) await inFlight.shift();
+      } else if (seg.kind === 'data' && seg.entry.type === 'reg' && seg.entry.size > INLINE_CONTENT_MAX) {
         const entry = seg.entry;
         let got = 0;
         // Streams this entry's data segments (pulled from the same iterator) into the object store.
@@ -112,6 +146,7 @@ export async function importLayer(
         const digest = await repo.ensureObject(body());
         if (got !== entry.size) throw new FormatError(`object store stopped reading ${entry.path} early`, entry.dataOffset + got);
         writer.writeExternal(digest, entry.size);
+        objectSizes?.set(digest.toString('hex'), entry.size);
         objects++;
       } else {
         writer.writeInline(seg.bytes);
@@ -120,6 +155,9 @@ export async function importLayer(
       r = await it.next();
     }
   } finally {
+    // No store keeps running after we return or throw (writeExternalData's promises are also awaited by
+    // writer.finish(), which reports their first failure).
+    await Promise.allSettled(inFlight);
     await it.return?.();
   }
   // The iteration completed, so openLayer verified the blob digest and the diff_id: safe to publish.
@@ -162,6 +200,8 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     const unique = [...new Map(order.map((l) => [l.diffId, l])).values()].sort((a, b) => b.desc.size - a.desc.size);
     let layersImported = 0;
     let layersSkipped = 0;
+    // Sizes of the objects stored by this pull: the tree is built without stat()ing each of them again.
+    const objectSizes = new Map<string, number>();
     await boundedAll(unique, LAYER_CONCURRENCY, async ({ desc, diffId }) => {
       const ev = { diffId, digest: desc.digest, size: desc.size };
       if (await repo.hasStream(layerStreamName(diffId))) {
@@ -170,7 +210,7 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
         return;
       }
       opts.onProgress?.({ kind: 'layer-start', ...ev });
-      const r = await importLayer(repo, source, desc, diffId);
+      const r = await importLayer(repo, source, desc, diffId, objectSizes);
       layersImported++;
       opts.onProgress?.({ kind: 'layer-done', ...ev, objects: r.objects, inlineBytes: r.inlineBytes });
     });
@@ -183,7 +223,7 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     }
 
     // 3. the composefs image
-    const tree = await buildImageTree(repo, diffIds);
+    const tree = await buildImageTree(repo, diffIds, objectSizes);
     const imageId = await repo.writeImage(writeImageBytes(tree, repo.erofsFormat, repo.algorithm));
     opts.onProgress?.({ kind: 'image', imageId: imageId.toString('hex') });
 

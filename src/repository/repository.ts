@@ -14,6 +14,7 @@
  *   Repository.open(path, { requireVerity?, readOnly?, insecure? })
  *   .path .algorithm .insecure .erofsFormat .readOnly .meta                          (properties)
  *   ensureObject(bytes | AsyncIterable<Uint8Array>) → digest;  ensureObjectFromFile(file) → digest
+ *   ensureObjectWithDigest(bytes, digest) → digest  (digest already computed by the caller, not re-hashed)
  *   hasObject(digest) → boolean;  objectPath(digest) (sync);  openObject(digest) → FileHandle (kernel
  *     verity measured against the name in secure mode);  readObject(digest, { verify? }) → Buffer
  *   sync()  make every object written so far durable (syncfs)
@@ -110,6 +111,11 @@ function sysError(e: unknown, where: string): Error {
   return e as Error;
 }
 
+/** true if the process umask would remove bits of mode 0644 from a newly created file. */
+function umaskNarrows0644(): boolean {
+  return (process.umask() & 0o644) !== 0;
+}
+
 async function exists(p: string): Promise<boolean> {
   try {
     await fsp.lstat(p);
@@ -149,8 +155,21 @@ export class Repository {
   /** Objects renamed into place since the last sync(). */
   private unsynced: string[] = [];
   private readonly inflight = new Map<string, Promise<Buffer>>();
+  /** objects/xx directories known to exist (nothing ever removes them; cleared by gc/fsck anyway). */
+  private readonly knownDirs = new Set<string>();
+  /**
+   * Hex digests of objects this instance stored or found since the last gc/fsck: writeStream skips the
+   * existence check for them (only this instance's gc or fsck --repair can remove an object while the
+   * repository is open: another process's gc needs LOCK_EX, which waits for us to close).
+   */
+  private readonly ensured = new Set<string>();
   /** Insecure mode still tries to enable verity on objects until the filesystem says it cannot. */
   private verityUsable: boolean;
+  /** Temporary object names: a random per-instance part and a counter (O_EXCL catches any clash). */
+  private readonly tempBase = `${OBJECT_TEMP_PREFIX}${randomBytes(8).toString('hex')}-`;
+  private tempSeq = 0;
+  /** Whether new files need an explicit chmod 0644 (the umask, read once: it is process-wide state). */
+  private readonly fixMode = umaskNarrows0644();
 
   private constructor(p: string, meta: RepoMeta, insecure: boolean, readOnly: boolean, lock: fsp.FileHandle) {
     this.path = p;
@@ -310,24 +329,39 @@ export class Repository {
   async ensureObject(data: Uint8Array | AsyncIterable<Uint8Array>): Promise<Buffer> {
     this.checkUsable(true);
     if (!(data instanceof Uint8Array)) return this.ensureObjectFromStream(data);
-    const digest = fsverityDigest(data, this.algorithm);
+    return this.ensureObjectWithDigest(data, fsverityDigest(data, this.algorithm));
+  }
+
+  /**
+   * ensureObject for bytes whose digest the caller has just computed with `fsverityDigest(data,
+   * repo.algorithm)` (SplitStreamWriter.writeExternalData does), so they are not hashed twice. In secure
+   * mode the kernel's measurement is still compared with `digest` before the object is published.
+   */
+  async ensureObjectWithDigest(data: Uint8Array, digest: Buffer): Promise<Buffer> {
+    this.checkUsable(true);
+    if (digest.length !== this.digestSize) throw new BootcfsError('EINVAL', `object digest is ${digest.length} bytes, ${this.algorithm} digests are ${this.digestSize}`);
     const hex = digest.toString('hex');
     const pending = this.inflight.get(hex);
     if (pending) return pending;
     const p = (async () => {
       const final = this.objectPath(digest);
-      if (await this.existingObjectOk(final, digest)) return digest;
+      if (await this.existingObjectOk(final, digest)) {
+        this.ensured.add(hex);
+        return digest;
+      }
       const dir = path.dirname(final);
       await this.mkdirObjectDir(dir);
-      const temp = path.join(dir, `${OBJECT_TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+      const temp = path.join(dir, this.tempName());
       try {
+        // One open+write+close; the mode is fixed up only when the umask would have narrowed it.
         await fsp.writeFile(temp, data, { mode: 0o644, flag: 'wx' });
-        await fsp.chmod(temp, 0o644);
+        if (this.fixMode) await fsp.chmod(temp, 0o644);
       } catch (e) {
         await fsp.rm(temp, { force: true });
         throw sysError(e, temp);
       }
       await this.publishObject(temp, final, digest);
+      this.ensured.add(hex);
       return digest;
     })();
     this.inflight.set(hex, p);
@@ -339,7 +373,7 @@ export class Repository {
   }
 
   private async ensureObjectFromStream(src: AsyncIterable<Uint8Array>): Promise<Buffer> {
-    const temp = path.join(this.path, 'objects', `${OBJECT_TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    const temp = path.join(this.path, 'objects', this.tempName());
     await this.mkdirObjectDir(path.dirname(temp));
     const hasher = new FsVerityHasher(this.algorithm);
     let fh: fsp.FileHandle | undefined;
@@ -350,7 +384,7 @@ export class Repository {
         let off = 0;
         while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
       }
-      await fh.chmod(0o644);
+      if (this.fixMode) await fh.chmod(0o644);
       await fh.close();
       fh = undefined;
     } catch (e) {
@@ -364,7 +398,7 @@ export class Repository {
   /** Copy a file into the store (reflink where the filesystem can); returns its digest. */
   async ensureObjectFromFile(file: string): Promise<Buffer> {
     this.checkUsable(true);
-    const temp = path.join(this.path, 'objects', `${OBJECT_TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    const temp = path.join(this.path, 'objects', this.tempName());
     await this.mkdirObjectDir(path.dirname(temp));
     let digest: Buffer;
     try {
@@ -384,10 +418,12 @@ export class Repository {
       const final = this.objectPath(digest);
       if (await this.existingObjectOk(final, digest)) {
         await fsp.rm(temp, { force: true });
+        this.ensured.add(digest.toString('hex'));
         return digest;
       }
       await this.mkdirObjectDir(path.dirname(final));
       await this.publishObject(temp, final, digest);
+      this.ensured.add(digest.toString('hex'));
       return digest;
     } catch (e) {
       await fsp.rm(temp, { force: true });
@@ -395,12 +431,18 @@ export class Repository {
     }
   }
 
+  private tempName(): string {
+    return `${this.tempBase}${(this.tempSeq++).toString(36)}`;
+  }
+
   private async mkdirObjectDir(dir: string): Promise<void> {
+    if (this.knownDirs.has(dir)) return;
     try {
       await fsp.mkdir(dir, { recursive: true, mode: 0o755 });
     } catch (e) {
       throw sysError(e, dir);
     }
+    this.knownDirs.add(dir);
   }
 
   /** true if the object exists (and, in secure mode, its verity matches). */
@@ -683,10 +725,13 @@ export class Repository {
     if (stream instanceof SplitStreamWriter && stream.algorithm !== this.algorithm) {
       throw new BootcfsError('EINVAL', `splitstream uses ${stream.algorithm}, the repository ${this.algorithm}`);
     }
+    // A writer's own reference lists are used as they are (its output is well-formed by construction);
+    // a FinishedSplitStream handed in from elsewhere is parsed, so we never publish one fsck would reject.
     const fin = stream instanceof SplitStreamWriter ? await stream.finish() : stream;
-    // Parsing our own output is cheap and guarantees we never publish a stream fsck would reject.
-    const parsed = readSplitStream(fin.bytes, this.algorithm);
-    for (const d of [...parsed.objectRefs, ...parsed.streamRefs]) {
+    const refs = stream instanceof SplitStreamWriter ? fin : readSplitStream(fin.bytes, this.algorithm);
+    for (const d of [...refs.objectRefs, ...refs.streamRefs]) {
+      // Objects this instance stored (or found) since the last gc/fsck need no second look.
+      if (this.ensured.has(d.toString('hex'))) continue;
       if (!(await this.hasObject(d))) throw new BootcfsError('ENOENT', `splitstream '${name}' references object ${d.toString('hex')}, which is not in the repository`);
     }
     const digest = await this.ensureObject(fin.bytes);
@@ -767,15 +812,23 @@ export class Repository {
 
   // ---------------------------------------------------------------------------------- gc / fsck
 
+  /** gc and fsck --repair may remove objects (and fsck whole directories): forget what we knew. */
+  private forgetEnsured(): void {
+    this.ensured.clear();
+    this.knownDirs.clear();
+  }
+
   /** Garbage collection (see gc.ts). Takes the exclusive lock unless dryRun. */
   async gc(opts: GcOptions = {}): Promise<GcResult> {
     this.checkUsable(!opts.dryRun);
+    this.forgetEnsured();
     return runGc(this, opts);
   }
 
   /** Integrity check (see fsck.ts). */
   async fsck(opts: FsckOptions = {}): Promise<FsckResult> {
     this.checkUsable(opts.repair ?? false);
+    this.forgetEnsured();
     return runFsck(this, opts);
   }
 }

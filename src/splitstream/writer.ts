@@ -22,6 +22,8 @@ import { HEADER_SIZE, INFO_SIZE, SPLITSTREAM_LG_BLOCKSIZE, SPLITSTREAM_MAGIC, SP
 /** Where `writeExternalData` stores objects: a Repository or anything with the same method. */
 export interface ObjectSink {
   ensureObject(data: Uint8Array): Promise<Buffer>;
+  /** Optional: store bytes whose digest the writer has already computed (saves hashing them twice). */
+  ensureObjectWithDigest?(data: Uint8Array, digest: Buffer): Promise<Buffer>;
 }
 
 export interface SplitStreamWriterOptions {
@@ -133,7 +135,8 @@ export class SplitStreamWriter {
     if (!this.sink) throw new BootcfsError('EINVAL', 'SplitStreamWriter has no object store for writeExternalData');
     const digest = fsverityDigest(data, this.algorithm);
     this.writeExternal(digest, data.length);
-    const p = this.sink.ensureObject(data).then((stored) => {
+    const store = this.sink.ensureObjectWithDigest ? this.sink.ensureObjectWithDigest(data, digest) : this.sink.ensureObject(data);
+    const p = store.then((stored) => {
       if (!stored.equals(digest)) throw new BootcfsError('EINTERNAL', `object store returned digest ${stored.toString('hex')}, expected ${digest.toString('hex')}`);
       return digest;
     });
