@@ -18,6 +18,11 @@ const suites: Suite[] = [
   { name: 'oci-import', load: () => import('./oci-import.js') },
 ];
 
+/** A table cell: pipes would split the Markdown cell. */
+function cell(s: string): string {
+  return s.replace(/\|/g, '\\|');
+}
+
 function fmt(n: number): string {
   return n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2);
 }
@@ -44,7 +49,7 @@ async function main(): Promise<void> {
     '',
     '| benchmark | bootcfs | reference | ratio (bootcfs/reference) | better | note |',
     '|---|---|---|---|---|---|',
-    ...rows.map((r) => `| ${r.name} | ${fmt(r.ours)} ${r.unit} | ${fmt(r.reference)} ${r.unit} | **${r.ratio.toFixed(2)}×** | ${r.higherIsBetter ? 'higher' : 'lower'} | ${r.note ?? ''} |`),
+    ...rows.map((r) => `| ${cell(r.name)} | ${fmt(r.ours)} ${r.unit} | ${fmt(r.reference)} ${r.unit} | **${r.ratio.toFixed(2)}×** | ${r.higherIsBetter ? 'higher' : 'lower'} | ${cell(r.note ?? '')} |`),
     '',
   ].join('\n');
   if (only.length === 0) writeFileSync(path.join(repo, 'bench/RESULTS.md'), md);
