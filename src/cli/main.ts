@@ -4,24 +4,23 @@
  * wrapper around the typed library API. Errors from bad input print `bootcfs: <message>` (no stack).
  */
 import { BootcfsError } from '../errors.js';
-import { UsageError, type Command } from './command.js';
+import { UsageError } from './command.js';
 import { commands } from './registry.js';
 
-const TOP_HELP = (cmds: Command[]) => `bootcfs — composefs images, fs-verity and sealed boot for bootc systems
+const TOP_HELP = () => `bootcfs — composefs images, fs-verity and sealed boot for bootc systems
 
 Usage: bootcfs <command> [options...]
 
 Commands:
-${cmds.map((c) => `  ${c.name.padEnd(18)} ${c.summary}`).join('\n')}
+${Object.entries(commands).map(([name, c]) => `  ${name.padEnd(18)} ${c.summary}`).join('\n')}
 
 Run 'bootcfs <command> --help' for a command's options.
 `;
 
 export async function main(argv: string[]): Promise<number> {
-  const list = Object.values(commands);
   const [verb, ...rest] = argv;
   if (verb === undefined || verb === '--help' || verb === '-h' || verb === 'help') {
-    process.stdout.write(TOP_HELP(list));
+    process.stdout.write(TOP_HELP());
     return verb === undefined ? 2 : 0;
   }
   if (verb === '--version' || verb === '-V') {
@@ -29,11 +28,12 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`bootcfs ${VERSION}\n`);
     return 0;
   }
-  const cmd = commands[verb];
-  if (!cmd) {
-    process.stderr.write(`bootcfs: unknown command '${verb}'\n\n${TOP_HELP(list)}`);
+  const entry = Object.hasOwn(commands, verb) ? commands[verb] : undefined;
+  if (!entry) {
+    process.stderr.write(`bootcfs: unknown command '${verb}'\n\n${TOP_HELP()}`);
     return 2;
   }
+  const cmd = await entry.load();
   if (rest.length === 1 && (rest[0] === '--help' || rest[0] === '-h')) {
     process.stdout.write(cmd.help.endsWith('\n') ? cmd.help : `${cmd.help}\n`);
     return 0;

@@ -103,10 +103,15 @@ export async function stageRuntime(stage: string): Promise<void> {
   await fsp.mkdir(app, { recursive: true });
   await fsp.copyFile(path.join(REPO_ROOT, 'package.json'), path.join(app, 'package.json'));
   sh('cp', ['-a', path.join(REPO_ROOT, 'dist'), app]);
+  // the runtime dependencies (npm's view, so transitive and optional ones are included), no dev dependencies
   await fsp.mkdir(path.join(app, 'node_modules'), { recursive: true });
-  for (const dep of ['koffi', '@koromix']) {
-    const src = path.join(REPO_ROOT, 'node_modules', dep);
-    if (existsSync(src)) sh('cp', ['-a', src, path.join(app, 'node_modules', dep)]);
+  const prod = sh('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: REPO_ROOT }).toString().split('\n');
+  for (const line of prod) {
+    const rel = path.relative(REPO_ROOT, line.trim());
+    if (!/^node_modules\/(@[^/]+\/)?[^/@][^/]*$/.test(rel)) continue; // top-level packages; nested ones come along
+    const dest = path.join(app, rel);
+    await fsp.mkdir(path.dirname(dest), { recursive: true });
+    if (!existsSync(dest)) sh('cp', ['-a', path.join(REPO_ROOT, rel), dest]);
   }
   await fsp.mkdir(path.join(app, 'bin'), { recursive: true });
   await fsp.copyFile(path.join(REPO_ROOT, 'bin/bootcfs'), path.join(app, 'bin/bootcfs'));
