@@ -23,7 +23,7 @@ import { BootcfsError, FormatError, NotSupportedError } from '../errors.js';
 import { fsverityDigest, type HashAlgorithm } from '../fsverity/index.js';
 import { writeImageV1 } from '../erofs/writer-v1.js';
 import { writeImageV2 } from '../erofs/writer-v2.js';
-import type { FileSystem, Inode } from '../tree/model.js';
+import { uniqueInodes, type FileSystem } from '../tree/model.js';
 import { objectPathForDigest } from '../erofs/format.js';
 import type { ErofsFormatVersion, Repository } from '../repository/index.js';
 import { CONTENT_TYPE } from '../splitstream/format.js';
@@ -175,17 +175,11 @@ export async function computeImageId(repo: Repository, tagOrConfigDigest: string
 }
 
 async function remeasure(repo: Repository, fs: FileSystem, algorithm: HashAlgorithm): Promise<void> {
-  const seen = new Set<Inode>();
-  const stack: Inode[] = [fs.root];
-  while (stack.length > 0) {
-    const inode = stack.pop()!;
-    if (seen.has(inode)) continue;
-    seen.add(inode);
+  for (const inode of uniqueInodes(fs.root)) {
     if (inode.digest !== undefined) {
       inode.digest = fsverityDigest(await repo.readObject(inode.digest, { verify: true }), algorithm);
       inode.payload = objectPathForDigest(inode.digest);
     }
-    if (inode.entries !== undefined) for (const child of inode.entries.values()) stack.push(child);
   }
 }
 

@@ -15,7 +15,7 @@
  *
  * The version is recorded with every pulled image (src/oci/pull.ts) so a future rule change is visible.
  */
-import type { ByteString, FileSystem, Inode } from '../tree/model.js';
+import { uniqueInodes, type ByteString, type FileSystem } from '../tree/model.js';
 
 export const XATTR_RULE_VERSION = 1;
 export const XATTR_RULE_NAME = `bootcfs-xattrs-${XATTR_RULE_VERSION}`;
@@ -32,17 +32,11 @@ export function keepXattr(name: ByteString): boolean {
  * (hardlinked inodes once). Mutates.
  */
 export function applyXattrRule(fs: FileSystem): FileSystem {
-  const seen = new Set<Inode>();
-  const stack: Inode[] = [fs.root];
-  while (stack.length > 0) {
-    const inode = stack.pop()!;
-    if (seen.has(inode)) continue;
-    seen.add(inode);
+  for (const inode of uniqueInodes(fs.root)) {
     for (const name of [...inode.xattrs.keys()]) {
       if (!keepXattr(name)) inode.xattrs.delete(name);
     }
     if (inode.isSymlink) inode.mode = (inode.mode & ~0o7777) | 0o777;
-    if (inode.entries !== undefined) for (const child of inode.entries.values()) stack.push(child);
   }
   return fs;
 }

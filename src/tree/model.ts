@@ -190,3 +190,16 @@ export function* walk(root: Inode, path: ByteString = '/'): Generator<[ByteStrin
     }
   }
 }
+
+/** Every inode of the tree once (hardlinked inodes once), parents before children; order otherwise unspecified. */
+export function* uniqueInodes(root: Inode): Generator<Inode> {
+  const seen = new Set<Inode>();
+  const stack: Inode[] = [root];
+  while (stack.length > 0) {
+    const inode = stack.pop()!;
+    if (seen.has(inode)) continue;
+    seen.add(inode);
+    yield inode;
+    if (inode.entries !== undefined) for (const child of inode.entries.values()) stack.push(child);
+  }
+}
