@@ -14,7 +14,7 @@ import { writeImageV1 } from '../../src/erofs/writer-v1.js';
 import { writeImageV2 } from '../../src/erofs/writer-v2.js';
 import { enableVerity, measureVerity, fsverityDigest, fsverityDigestFile, type HashAlgorithm } from '../../src/fsverity/index.js';
 import { lsetxattr } from '../../src/sys/libc.js';
-import { compareViews, mountComposefs, snapshotTree } from '../helpers/mount.js';
+import { compareViews, mountComposefs, snapshotMounted, snapshotTree } from '../helpers/mount.js';
 import { generateDiskTree } from '../helpers/gen-disk-tree.js';
 import { Rng } from '../helpers/rng.js';
 
@@ -147,13 +147,7 @@ test('generated tree, v1 image, objects with fs-verity, verity=require: the kern
     writeFileSync(img, writeImageV1(tree));
     enableVerity(img, 'sha256');
     const want = await snapshotTree(src);
-    const mnt = mountComposefs(img, objects, path.join(work, 'mnt'), { verity: true });
-    let got;
-    try {
-      got = await snapshotTree(mnt.root);
-    } finally {
-      mnt.unmount();
-    }
+    const got = await snapshotMounted(img, objects, path.join(work, 'mnt'), { verity: true });
     const diffs = compareViews(want, got);
     assert.deepEqual(diffs.slice(0, 20), [], `${diffs.length} differences`);
   } finally {

@@ -55,6 +55,16 @@ export function mountComposefs(image: string, objects: string, work: string, opt
   };
 }
 
+/** Mount IMAGE over OBJECTS under WORK, take snapshotTree of the composefs root, unmount. */
+export async function snapshotMounted(image: string, objects: string, work: string, opts: { verity?: boolean } = {}): Promise<Map<string, EntryView>> {
+  const mnt = mountComposefs(image, objects, work, opts);
+  try {
+    return await snapshotTree(mnt.root);
+  } finally {
+    mnt.unmount();
+  }
+}
+
 export interface EntryView {
   type: string;
   mode: number;

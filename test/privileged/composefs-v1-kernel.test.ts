@@ -27,8 +27,17 @@ import path from 'node:path';
 import { readDirectoryTree } from '../../src/tree/from-directory.js';
 import { writeImageV1 } from '../../src/erofs/writer-v1.js';
 import { generateDiskTree } from '../helpers/gen-disk-tree.js';
-import { compareViews, mountComposefs, snapshotTree, type EntryView } from '../helpers/mount.js';
+import { compareViews, snapshotMounted, snapshotTree } from '../helpers/mount.js';
 import { cases, isRoot } from '../helpers/ref.js';
+
+/** Our mkcomposefs path: scan SRC into WORK/objects, write WORK/image.cfs. */
+async function buildV1Image(src: string, work: string): Promise<{ img: string; objects: string }> {
+  const objects = path.join(work, 'objects');
+  const tree = await readDirectoryTree(src, { digestStore: objects });
+  const img = path.join(work, 'image.cfs');
+  writeFileSync(img, writeImageV1(tree));
+  return { img, objects };
+}
 
 test('v1 images of random on-disk trees: the kernel shows exactly the source tree', { timeout: 900_000 }, async (t) => {
   assert.ok(isRoot, 'the privileged tier must run as root (mounts)');
@@ -39,18 +48,9 @@ test('v1 images of random on-disk trees: the kernel shows exactly the source tre
     try {
       const src = path.join(work, 'src');
       const gen = await generateDiskTree(src, seed, { entries: 120 });
-      const objects = path.join(work, 'objects');
-      const tree = await readDirectoryTree(src, { digestStore: objects });
-      const img = path.join(work, 'image.cfs');
-      writeFileSync(img, writeImageV1(tree));
+      const { img, objects } = await buildV1Image(src, work);
       const want = await snapshotTree(src);
-      const mnt = mountComposefs(img, objects, path.join(work, 'mnt'));
-      let got: Map<string, EntryView>;
-      try {
-        got = await snapshotTree(mnt.root);
-      } finally {
-        mnt.unmount();
-      }
+      const got = await snapshotMounted(img, objects, path.join(work, 'mnt'));
       const diffs = compareViews(want, got);
       assert.deepEqual(diffs.slice(0, 20), [], `seed ${seed} (${JSON.stringify(gen.counts)}): ${diffs.length} differences`);
     } finally {
@@ -66,10 +66,7 @@ test('the comparison itself detects differences (a wrong byte in an object, a ch
   try {
     const src = path.join(work, 'src');
     await generateDiskTree(src, 99, { entries: 40 });
-    const objects = path.join(work, 'objects');
-    const tree = await readDirectoryTree(src, { digestStore: objects });
-    const img = path.join(work, 'image.cfs');
-    writeFileSync(img, writeImageV1(tree));
+    const { img, objects } = await buildV1Image(src, work);
     const want = await snapshotTree(src);
     // corrupt one object: without verity=require (no fs-verity on this host) the kernel serves it
     const { readdirSync, openSync, writeSync, closeSync, chmodSync } = await import('node:fs');
@@ -78,13 +75,7 @@ test('the comparison itself detects differences (a wrong byte in an object, a ch
     const fd = openSync(path.join(objects, d, f), 'r+');
     writeSync(fd, Buffer.from([0xde, 0xad]), 0, 2, 10);
     closeSync(fd);
-    const mnt = mountComposefs(img, objects, path.join(work, 'mnt'));
-    let got: Map<string, EntryView>;
-    try {
-      got = await snapshotTree(mnt.root);
-    } finally {
-      mnt.unmount();
-    }
+    const got = await snapshotMounted(img, objects, path.join(work, 'mnt'));
     const some = [...want.entries()].find(([, e]) => e.type === 'reg' && e.mode & 0o777);
     assert.ok(some);
     chmodSync(path.join(src, some[0]), 0o700);
