@@ -62,6 +62,38 @@ if ! have_pkgs "${PKGS[@]}"; then
   "${APT[@]}" install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null
 fi
 
+# ---------------------------------------------------------------- 2b. boot and signing tools (issue 4/5 tests)
+# bookworm: FAT and GPT tools, sbsigntool, osslsigncode; trixie (architecture-independent or libc-neutral):
+# systemd-boot-efi 257 (stub + boot loader), OVMF 2025.02 with Secure Boot, python3-virt-firmware, python3-pefile.
+BOOT_PKGS=(dosfstools mtools gdisk fdisk sbsigntool osslsigncode efitools python3 python3-cryptography python3-zstandard uuid-runtime)
+TRIXIE_PKGS=(systemd-boot-efi/trixie ovmf/trixie python3-virt-firmware/trixie python3-pefile/trixie)
+missing=(); for p in "${BOOT_PKGS[@]}"; do have_pkgs "$p" || missing+=("$p"); done
+mtrixie=(); for p in "${TRIXIE_PKGS[@]}"; do have_pkgs "$p" || mtrixie+=("$p"); done
+# Only missing packages are named (an osslsigncode from bookworm-backports would otherwise be "upgraded" to
+# trixie's, which needs trixie's libc); trixie packages in a call of their own for the same reason.
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  "${APT[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ${#mtrixie[@]} -gt 0 ]; then
+  say "installing ${mtrixie[*]}"
+  "${APT[@]}" install -y -qq --no-install-recommends "${mtrixie[@]}" >/dev/null
+fi
+# ukify from trixie's systemd-ukify (the .deb conflicts with bookworm's systemd, so it is extracted, not installed)
+UKV=$(apt-cache show systemd-ukify/trixie 2>/dev/null | awk '/^Version:/{print $2; exit}')
+[ -n "$UKV" ] || { echo "install-deps.sh: systemd-ukify/trixie not found" >&2; exit 1; }
+if [ "$(cat "$REF/ukify/.version" 2>/dev/null)" != "$UKV" ] || ! [ -x "$REF/bin/ukify" ]; then
+  say "extracting systemd-ukify $UKV into $REF/ukify"
+  t=$(mktemp -d /var/tmp/bootcfs-ukify.XXXXXX); chmod 755 "$t"
+  (cd "$t" && "${APT[@]}" download -q "systemd-ukify=$UKV" >/dev/null 2>&1)
+  rm -rf "$REF/ukify"; mkdir -p "$REF/ukify" "$REF/bin"
+  dpkg-deb -x "$t"/systemd-ukify_*.deb "$REF/ukify"; rm -rf "$t"
+  printf '#!/bin/sh\n# ukify from Debian trixie, run with the system python3\nexec /usr/bin/python3 %s/ukify/usr/bin/ukify "$@"\n' "$REF" \
+    > "$REF/bin/ukify"
+  chmod 755 "$REF/bin/ukify"
+  echo "$UKV" > "$REF/ukify/.version"
+fi
+
 # ---------------------------------------------------------------- 3. composefs 1.0.8 from the sid source package
 CFS_VER=$(apt-cache showsrc composefs 2>/dev/null | awk '/^Version:/{print $2}' | sort -V | tail -1)
 [ -n "$CFS_VER" ] || { echo "install-deps.sh: composefs source package not found (deb-src sid)" >&2; exit 1; }
