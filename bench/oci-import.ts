@@ -16,9 +16,11 @@
  *
  * The input is built once under /var/cache/bootcfs/bench-oci/ from the debootstrap minbase tree that
  * bench/mkcomposefs.ts caches (ensureRootfs): three gzip -6 layers (`usr`; `var` + `etc`; the rest),
- * each written by GNU tar `--format=pax --xattrs --numeric-owner --sort=name`, in an OCI image layout
- * tagged `bench`. The minbase tree is about 200 MB (apparent size), not the ~300 MB the issue asks for; it is not
- * padded with synthetic data (the note of each row gives the real uncompressed size).
+ * plus a fourth layer of real files copied from this host's /usr/share (HOST_PAD: man, vim, perl, i18n,
+ * at their own paths usr/share/…, about 110 MB) that brings the tree to the ~300 MB the issue asks for
+ * — real OS files, not synthetic data. Each layer is written by GNU tar `--format=pax --xattrs
+ * --numeric-owner --sort=name`, in an OCI image layout tagged `bench`; the note of each row gives the
+ * real uncompressed size. A cache built with a different layer split is rebuilt (the marker records it).
  *
  * Standalone: `node dist/bench/oci-import.js` (as root: umoci unpack needs it to keep owners and
  * device nodes). BOOTCFS_BENCH_DIR picks the scratch dir (default: the system temp dir);
@@ -43,12 +45,20 @@ const TAG = 'bench';
 const RUNS = 3;
 const TIME = '/usr/bin/time';
 
-/** The three layers: which top-level entries of the rootfs go into each (null = everything else). */
-const LAYER_SPLIT: Array<{ label: string; entries: string[] | null }> = [
+/** Directories of this host added as a fourth layer (paths relative to /). */
+const HOST_PAD = ['usr/share/man', 'usr/share/vim', 'usr/share/perl', 'usr/share/i18n'];
+
+/**
+ * The layers: which top-level entries of the rootfs go into each (null = everything else), or (`host`)
+ * which paths of this host's root.
+ */
+const LAYER_SPLIT: Array<{ label: string; entries: string[] | null; host?: boolean }> = [
   { label: 'usr', entries: ['usr'] },
   { label: 'var+etc', entries: ['var', 'etc'] },
   { label: 'rest', entries: null },
+  { label: `host ${HOST_PAD.join(',')}`, entries: HOST_PAD, host: true },
 ];
+const MARKER_TEXT = (rootfs: string): string => `layers of ${rootfs}: ${LAYER_SPLIT.map((l) => l.label).join('; ')}\n`;
 
 function must(cmd: string, args: string[], opts: { stdout?: number } = {}): void {
   const r = spawnSync(cmd, args, { stdio: ['ignore', opts.stdout ?? 'ignore', 'pipe'] });
@@ -76,8 +86,10 @@ interface BenchImage {
   /** Sum of the uncompressed layer tar sizes. */
   uncompressedBytes: number;
   compressedBytes: number;
-  /** Apparent size of the files of the rootfs the layers were made from. */
+  /** Apparent size of the files of the rootfs the layers were made from (incl. the host padding). */
   treeBytes: number;
+  /** Of which: the host files of the padding layer. */
+  padBytes: number;
 }
 
 function apparentTreeBytes(dir: string): number {
@@ -89,24 +101,28 @@ function apparentTreeBytes(dir: string): number {
 /** Builds (once) the OCI layout of the minbase rootfs, or reuses the cached one. */
 export async function ensureBenchImage(): Promise<BenchImage> {
   const rootfs = ensureRootfs();
-  if (!(existsSync(LAYOUT_MARKER) && existsSync(path.join(LAYOUT, 'index.json')))) {
+  const upToDate = existsSync(LAYOUT_MARKER) && readFileSync(LAYOUT_MARKER, 'utf8') === MARKER_TEXT(rootfs) && existsSync(path.join(LAYOUT, 'index.json'));
+  if (!upToDate) {
     const partial = `${LAYOUT}.partial`;
     rmSync(partial, { recursive: true, force: true });
     rmSync(LAYOUT, { recursive: true, force: true });
     const blobs = path.join(partial, 'blobs/sha256');
     mkdirSync(blobs, { recursive: true });
-    console.log(`building ${LAYOUT} (3 gzip layers of ${rootfs})…`);
+    console.log(`building ${LAYOUT} (${LAYER_SPLIT.length} gzip layers: ${rootfs} and this host's ${HOST_PAD.join(' ')})…`);
     const top = readdirSync(rootfs).sort();
-    const claimed = new Set(LAYER_SPLIT.flatMap((l) => l.entries ?? []));
+    const claimed = new Set(LAYER_SPLIT.filter((l) => !l.host).flatMap((l) => l.entries ?? []));
     const layers: Array<{ digest: string; size: number; diffId: string }> = [];
     for (const [i, spec] of LAYER_SPLIT.entries()) {
-      const entries = (spec.entries ?? top.filter((n) => !claimed.has(n))).filter((n) => top.includes(n));
+      const entries = spec.host
+        ? spec.entries!.filter((p) => existsSync(path.join('/', p)))
+        : (spec.entries ?? top.filter((n) => !claimed.has(n))).filter((n) => top.includes(n));
+      if (entries.length === 0) throw new Error(`bench layer '${spec.label}' has nothing to pack`);
       const tarFile = path.join(partial, `layer${i}.tar`);
       must('tar', [
         '--format=pax', '--xattrs', '--xattrs-include=*', '--numeric-owner', '--sort=name',
         // atime/ctime records would make the layers differ on every rebuild.
         '--pax-option=delete=atime,delete=ctime',
-        '-C', rootfs, '-cf', tarFile, ...entries,
+        '-C', spec.host ? '/' : rootfs, '-cf', tarFile, ...entries,
       ]);
       const diffId = await sha256File(tarFile);
       must('gzip', ['-6', '-n', tarFile]);
@@ -136,7 +152,7 @@ export async function ensureBenchImage(): Promise<BenchImage> {
       manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': TAG } }],
     }));
     renameSync(partial, LAYOUT);
-    writeFileSync(LAYOUT_MARKER, `layers of ${rootfs}: ${LAYER_SPLIT.map((l) => l.label).join(', ')}\n`);
+    writeFileSync(LAYOUT_MARKER, MARKER_TEXT(rootfs));
   }
   const index = JSON.parse(readFileSync(path.join(LAYOUT, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
   const blob = (d: string): string => path.join(LAYOUT, 'blobs/sha256', d.replace(/^sha256:/, ''));
@@ -148,7 +164,11 @@ export async function ensureBenchImage(): Promise<BenchImage> {
     const b = readFileSync(f);
     return s + b.readUInt32LE(b.length - 4);
   }, 0);
-  return { layout: LAYOUT, layerFiles, uncompressedBytes, compressedBytes, treeBytes: apparentTreeBytes(rootfs) };
+  // tree size: the minbase rootfs plus the host files of the padding layer (as packed; the host may
+  // have changed since, so it is the sum of the padding layer's tar entries that counts — approximated
+  // by the current apparent size of those directories)
+  const pad = HOST_PAD.filter((p) => existsSync(path.join('/', p))).reduce((s, p) => s + apparentTreeBytes(path.join('/', p)), 0);
+  return { layout: LAYOUT, layerFiles, uncompressedBytes, compressedBytes, treeBytes: apparentTreeBytes(rootfs) + pad, padBytes: pad };
 }
 
 interface Measured {
@@ -258,7 +278,7 @@ export async function run(): Promise<BenchResult[]> {
     const bp = best(p);
     const bb = best(b);
     const mb = img.uncompressedBytes / 1e6;
-    const input = `minbase rootfs ${(img.treeBytes / 1e6).toFixed(0)} MB (below the ~300 MB target; not padded), 3 gzip layers ${(img.compressedBytes / 1e6).toFixed(0)} MB → ${mb.toFixed(0)} MB of tar`;
+    const input = `OS tree ${(img.treeBytes / 1e6).toFixed(0)} MB (minbase rootfs + ${(img.padBytes / 1e6).toFixed(0)} MB of this host's /usr/share files as a 4th layer), ${img.layerFiles.length} gzip layers ${(img.compressedBytes / 1e6).toFixed(0)} MB → ${mb.toFixed(0)} MB of tar`;
     const runs = (xs: Measured[]): string => xs.map((m) => m.seconds.toFixed(2)).join('/');
     return [
       {

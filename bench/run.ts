@@ -16,6 +16,7 @@ const suites: Suite[] = [
   { name: 'fsverity', load: () => import('./fsverity.js') },
   { name: 'mkcomposefs', load: () => import('./mkcomposefs.js') },
   { name: 'oci-import', load: () => import('./oci-import.js') },
+  { name: 'oci-memory', load: () => import('./oci-memory.js') },
 ];
 
 /** A table cell: pipes would split the Markdown cell. */

@@ -36,3 +36,20 @@ export { buildImageTree, computeImageId, writeImageBytes, ociTagRef, layerStream
 export { pullImage, importLayer, IMAGE_REF, XATTR_RULE_REF, type PullOptions, type PullResult, type PullProgressEvent } from './oci/pull.js';
 export { computeDirectoryId, computeDirectoryImageId, createImageFromDirectory, readDirectoryForRepository } from './oci/directory-image.js';
 export { mountImage, resolveImageId } from './repository/mount.js';
+export { OciLayoutWriter, tarLayoutDirectory } from './oci/layout-writer.js';
+export { writeTar, type TarFileEntry } from './oci/tar-writer.js';
+
+// boot layer: PE/UKI, Authenticode, Secure Boot keys, BLS, kargs
+export { parsePe, findSection, sectionData, peChecksum, type PeImage, type PeSection } from './pe/pe.js';
+export * from './authenticode/index.js';
+export { parseBlsEntry, writeBlsEntry, compareEntries, compareVersions, entryFileName, sortKey, type BlsEntry } from './boot/bls.js';
+export { parseKargsToml, kargsFromFiles, kargsFromRootDirectory, splitCmdline, composefsKarg, composefsArg } from './boot/kargs.js';
+
+// sealed images
+export { buildSealed, readBootInputs, sealedDigest, SealError, type BuildSealedOptions, type BuildSealedResult } from './seal/build.js';
+export { verifySealed, type VerifySealedResult, type VerifySealedOptions } from './seal/verify.js';
+export { computeComposefsDigestOfImage, computeComposefsDigestOfDirectory } from './seal/digest.js';
+export { ukifyRootfs } from './seal/ukify.js';
+export { diffDumpfiles, type DumpDifference } from './seal/dump-diff.js';
+export { buildUki, buildUkiDetailed, inspectUki, type UkiInputs, type UkiInfo } from './uki/uki.js';
+export { addSections, PeWriteError, type NewSection } from './pe/pe-writer.js';

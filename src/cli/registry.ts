@@ -26,4 +26,28 @@ export const commands: Record<string, CommandEntry> = {
     summary: 'composefs repository and OCI images (mirrors cfsctl)',
     load: async () => (await import('./commands/cfs.js')).command,
   },
+  container: {
+    summary: 'sealed images: compute-composefs-digest, ukify, build-sealed, verify-sealed',
+    load: async () => (await import('./commands/container.js')).command,
+  },
+  uki: {
+    summary: 'Unified Kernel Images: build and inspect (like ukify)',
+    load: async () => (await import('./commands/uki.js')).command,
+  },
+  sbsign: {
+    summary: 'sign a PE/EFI binary for Secure Boot (sbsign-compatible)',
+    load: async () => (await import('./commands/authenticode.js')).sbsignCommand,
+  },
+  sbverify: {
+    summary: 'verify the Authenticode signature of a PE/EFI binary (sbverify-compatible)',
+    load: async () => (await import('./commands/authenticode.js')).sbverifyCommand,
+  },
+  authenticode: {
+    summary: 'Authenticode digests, signing and verification of PE files',
+    load: async () => (await import('./commands/authenticode.js')).authenticodeCommand,
+  },
+  keys: {
+    summary: 'Secure Boot keys: generate PK/KEK/db, signature lists and signed updates',
+    load: async () => (await import('./commands/keys.js')).command,
+  },
 };

@@ -11,6 +11,8 @@
  * 2. the xattr rule "bootcfs-xattrs-1" (src/oci/xattr-rule.ts) drops what it drops;
  * 3. unless `propagateUsrToRoot: false`, `transformForOci` (root takes /usr's metadata, /run emptied),
  *    which fails when the tree has no /usr (cfsctl's `--no-propagate-usr-to-root` skips it);
+ * 3b. with `bootable`, the bootable transform (src/oci/bootable.ts: /boot and /sysroot emptied, SELinux
+ *    labels from the tree's own policy, whose files are read from the directory on disk);
  * 4. the image is written in the repository's EROFS format by the OCI path's own writer selection
  *    (src/oci/image.ts writeImageBytes: 1 = C-compatible, 2 = composefs-rs native; 0 is refused) and its
  *    id is its fs-verity digest in the repository's algorithm.
@@ -30,6 +32,8 @@ import { writeImageBytes, type ImageIdOptions } from './image.js';
 import { INLINE_CONTENT_MAX } from './layers.js';
 import { applyXattrRule } from './xattr-rule.js';
 import { transformForOci } from './transform.js';
+import { transformForBoot, type ContentReader } from './bootable.js';
+import * as fsp from 'node:fs/promises';
 import { readDirectoryTree } from '../tree/from-directory.js';
 import type { FileSystem } from '../tree/model.js';
 import type { ErofsFormatVersion } from '../repository/meta.js';
@@ -40,6 +44,13 @@ export interface DirectoryImageOptions {
   propagateUsrToRoot?: boolean;
   /** Files digested/copied at the same time (scanner default when absent). */
   concurrency?: number;
+  /** Apply the bootable transform after the OCI transform. */
+  bootable?: boolean;
+}
+
+/** Reads a tree file's content from the scanned directory (tree paths are latin1 byte strings). */
+function directoryContentReader(dir: string): ContentReader {
+  return (_inode, treePath) => fsp.readFile(Buffer.concat([Buffer.from(dir), Buffer.from(treePath, 'latin1')]));
 }
 
 export interface ImageFormatConfig {
@@ -92,6 +103,7 @@ export async function readDirectoryForRepository(
   });
   applyXattrRule(tree);
   if (opts.propagateUsrToRoot ?? true) transformForOci(tree);
+  if (opts.bootable) await transformForBoot(tree, { readContent: directoryContentReader(dir) });
   return tree;
 }
 
@@ -123,5 +135,5 @@ export async function createImageFromDirectory(
 /** fs-verity digest of the composefs image of an unpacked rootfs directory (same rules as computeImageId). */
 export async function computeDirectoryId(dir: string, opts: ImageIdOptions = {}): Promise<Buffer> {
   const algorithm = opts.algorithm ?? 'sha512';
-  return (await computeDirectoryImageId(dir, { algorithm, erofsFormat: opts.format ?? 1 })).id;
+  return (await computeDirectoryImageId(dir, { algorithm, erofsFormat: opts.format ?? 1 }, { bootable: opts.bootable })).id;
 }

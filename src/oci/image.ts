@@ -7,6 +7,11 @@
  *   writeImageBytes(fs, format, alg)     EROFS bytes: format 1 → writeImageV1 (C-compatible), 2 →
  *                                        writeImageV2 (composefs-rs native) with the digest algorithm
  *   computeImageId(repo, tagOrConfig)    fs-verity digest of that EROFS, without writing anything
+ *   createImage(repo, tagOrConfig)       write that EROFS into images/ (optionally images/refs/NAME) and
+ *                                        record it in the config stream (`composefs.image`, or
+ *                                        `composefs.image.boot` for the bootable image)
+ *   { bootable: true }                   adds the bootable transform (bootable.ts: /boot and /sysroot
+ *                                        emptied, SELinux labels from the image's policy)
  *   (computeDirectoryId in directory-image.ts is the same for an unpacked rootfs on disk; it must agree with
  *    computeImageId for the same image: digest reproducibility)
  *
@@ -30,6 +35,8 @@ import { CONTENT_TYPE } from '../splitstream/format.js';
 import { INLINE_CONTENT_MAX, LayerTreeBuilder } from './layers.js';
 import { transformForOci } from './transform.js';
 import { applyXattrRule } from './xattr-rule.js';
+import { transformForBoot, type ContentReader } from './bootable.js';
+import { SplitStreamWriter } from '../splitstream/writer.js';
 
 export type ErofsFormat = ErofsFormatVersion;
 
@@ -38,7 +45,15 @@ export interface ImageIdOptions {
   format?: ErofsFormat;
   /** Digest algorithm (default: the repository's; computeDirectoryId: sha512, the repository default). */
   algorithm?: HashAlgorithm;
+  /** Apply the bootable transform (bootable.ts) after the OCI transform. */
+  bootable?: boolean;
 }
+
+/** Named refs (in the config stream) of the composefs images, as composefs-oci names them. */
+export const IMAGE_REF = 'composefs.image';
+export const BOOT_IMAGE_REF = 'composefs.image.boot';
+/** The config-stream named ref of the plain or the bootable image. */
+export const imageRefName = (bootable: boolean | undefined): string => (bootable ? BOOT_IMAGE_REF : IMAGE_REF);
 
 /** Stream names of composefs-oci (composefs-format.md §6 "Stream naming"). */
 export const layerStreamName = (diffId: string): string => `oci-layer-${diffId}`;
@@ -119,12 +134,27 @@ function printable(s: string): string {
  * The merged, xattr-filtered, OCI-transformed tree of the given layers (their streams must exist).
  * `objectSizes`: sizes of objects the caller knows (pull: those it just stored), so they are not stat()ed.
  */
-export async function buildImageTree(repo: Repository, diffIds: readonly string[], objectSizes?: ObjectSizes): Promise<FileSystem> {
+export async function buildImageTree(
+  repo: Repository,
+  diffIds: readonly string[],
+  objectSizes?: ObjectSizes,
+  opts: { bootable?: boolean } = {},
+): Promise<FileSystem> {
   const builder = new LayerTreeBuilder();
   for (const diffId of diffIds) await applyLayerStream(repo, builder, layerStreamName(diffId), objectSizes);
   const fs = builder.finish();
   applyXattrRule(fs);
-  return transformForOci(fs);
+  transformForOci(fs);
+  if (opts.bootable) await transformForBoot(fs, { readContent: repositoryContentReader(repo) });
+  return fs;
+}
+
+/** Reads an external file of a repository tree from its object (verified against its digest). */
+export function repositoryContentReader(repo: Repository): ContentReader {
+  return async (inode) => {
+    if (inode.digest === undefined) throw new BootcfsError('EINVAL', 'file has neither inline content nor an object digest');
+    return repo.readObject(inode.digest, { verify: true });
+  };
 }
 
 /** EROFS bytes of a tree in the given format. */
@@ -167,7 +197,7 @@ export async function resolveConfigStream(repo: Repository, tagOrConfigDigest: s
 export async function computeImageId(repo: Repository, tagOrConfigDigest: string, opts: ImageIdOptions = {}): Promise<Buffer> {
   const algorithm = opts.algorithm ?? repo.algorithm;
   const diffIds = await configDiffIds(repo, await resolveConfigStream(repo, tagOrConfigDigest));
-  const fs = await buildImageTree(repo, diffIds);
+  const fs = await buildImageTree(repo, diffIds, undefined, { bootable: opts.bootable });
   // Object digests in the tree are the repository's; another algorithm needs every object re-measured
   // (read back from the repository; hardlinked inodes once).
   if (algorithm !== repo.algorithm) await remeasure(repo, fs, algorithm);
@@ -183,3 +213,56 @@ async function remeasure(repo: Repository, fs: FileSystem, algorithm: HashAlgori
   }
 }
 
+
+/**
+ * Rewrites config stream `configStream` with the named refs `set` added (replacing same-named ones) and
+ * every manifest stream that names it (`config:<digest>`) so that it points at the new config stream.
+ * Tags (`streams/refs/oci/…` → manifest stream names) stay valid. Nothing is rewritten when every ref
+ * already has that value. Content chunks are copied as they are.
+ */
+export async function addConfigRefs(repo: Repository, configStream: string, set: ReadonlyMap<string, Buffer>): Promise<void> {
+  const cfg = await repo.openStream(configStream);
+  if ([...set].every(([k, v]) => cfg.namedRefs.get(k)?.equals(v))) return;
+  const cw = new SplitStreamWriter(repo, { algorithm: repo.algorithm, contentType: 'ociconfg' });
+  for (const c of cfg.chunks()) {
+    if ('inline' in c) cw.writeInline(c.inline);
+    else cw.writeExternal(c.object, (await repo.readObject(c.object)).length);
+  }
+  const refs = new Map(cfg.namedRefs);
+  for (const [k, v] of set) refs.set(k, v);
+  for (const [k, v] of refs) cw.addNamedRef(k, v);
+  const configDigest = configStream.slice('oci-config-'.length);
+  const newDigest = await repo.writeStream(configStream, cw);
+  for (const name of await repo.listStreams()) {
+    if (!name.startsWith('oci-manifest-')) continue;
+    const ms = await repo.openStream(name);
+    const key = `config:${configDigest}`;
+    if (!ms.namedRefs.has(key) || ms.namedRefs.get(key)!.equals(newDigest)) continue;
+    const mw = new SplitStreamWriter(repo, { algorithm: repo.algorithm, contentType: 'ocimanif' });
+    for (const c of ms.chunks()) {
+      if ('inline' in c) mw.writeInline(c.inline);
+      else mw.writeExternal(c.object, (await repo.readObject(c.object)).length);
+    }
+    for (const [k, v] of ms.namedRefs) mw.addNamedRef(k, k === key ? newDigest : v);
+    await repo.writeStream(name, mw);
+  }
+}
+
+/**
+ * Builds the composefs image of a stored OCI image (bootable or not), writes it to images/ (and
+ * images/refs/<name> when given), and records it in the config stream as `composefs.image` or
+ * `composefs.image.boot`. The image is written in the repository's format and algorithm. Returns its id.
+ */
+export async function createImage(repo: Repository, tagOrConfigDigest: string, opts: { bootable?: boolean; name?: string } = {}): Promise<Buffer> {
+  const configStream = await resolveConfigStream(repo, tagOrConfigDigest);
+  const fs = await buildImageTree(repo, await configDiffIds(repo, configStream), undefined, { bootable: opts.bootable });
+  const id = await repo.writeImage(writeImageBytes(fs, repo.erofsFormat, repo.algorithm), opts.name);
+  await addConfigRefs(repo, configStream, new Map([[imageRefName(opts.bootable), id]]));
+  return id;
+}
+
+/** The image id recorded in the config stream of a stored OCI image (plain or bootable), if any. */
+export async function recordedImageId(repo: Repository, tagOrConfigDigest: string, opts: { bootable?: boolean } = {}): Promise<Buffer | undefined> {
+  const ss = await repo.openStream(await resolveConfigStream(repo, tagOrConfigDigest));
+  return ss.namedRefs.get(imageRefName(opts.bootable));
+}

@@ -24,6 +24,8 @@
  *    `bootcfs.xattr-rule` → a small JSON object `{"name":"bootcfs-xattrs-1","version":1}` recording the
  *    xattr rule the image was built with (an object, not a stream: gc keeps it live through the named
  *    ref; fsck checks it exists). Written once, after the image (composefs-rs writes it twice).
+ *    With `bootable`, the same tree then goes through the bootable transform (bootable.ts) and that
+ *    image is written too and recorded as `composefs.image.boot` (as composefs-oci's `--bootable`).
  * 5. manifest stream `oci-manifest-<manifest digest>` ('ocimanif'): the raw manifest JSON as one
  *    external object; named refs `config:<config digest>` and `<diff_id>`s; tagged
  *    `streams/refs/oci/<tag>` (default tag: the reference string as given; encoding in ociTagRef).
@@ -34,10 +36,22 @@
 import { FormatError } from '../errors.js';
 import type { Repository } from '../repository/index.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
-import { buildImageTree, configStreamName, layerStreamName, manifestStreamName, ociTagRef, writeImageBytes } from './image.js';
+import {
+  BOOT_IMAGE_REF,
+  IMAGE_REF,
+  buildImageTree,
+  configStreamName,
+  layerStreamName,
+  manifestStreamName,
+  ociTagRef,
+  repositoryContentReader,
+  writeImageBytes,
+} from './image.js';
+import { transformForBoot } from './bootable.js';
 import { INLINE_CONTENT_MAX } from './layers.js';
 import type { RegistryOptions } from './registry.js';
 import { openImageSource, openLayer, type ImageSource } from './source.js';
+export { IMAGE_REF, BOOT_IMAGE_REF } from './image.js';
 import { tarSegments } from './tar.js';
 import { OciFormatError, type OciDescriptor } from './types.js';
 import { XATTR_RULE_NAME, XATTR_RULE_VERSION } from './xattr-rule.js';
@@ -55,20 +69,32 @@ export const OBJECTS_IN_FLIGHT = 16;
 
 /** Named ref (in the config stream) of the xattr-rule record. */
 export const XATTR_RULE_REF = 'bootcfs.xattr-rule';
-/** Named ref (in the config stream) of the composefs image, as composefs-oci names it. */
-export const IMAGE_REF = 'composefs.image';
 
 export type PullProgressEvent =
   | { kind: 'layer-skip'; diffId: string; digest: string; size: number }
   | { kind: 'layer-start'; diffId: string; digest: string; size: number }
   | { kind: 'layer-done'; diffId: string; digest: string; size: number; objects: number; inlineBytes: number }
-  | { kind: 'image'; imageId: string };
+  | { kind: 'image'; imageId: string; bootImageId?: string };
+
+export interface LayerBytesEvent {
+  diffId: string;
+  digest: string;
+  size: number;
+  bytes: number;
+}
 
 export interface PullOptions {
   /** Tag under streams/refs/oci/ (default: the reference string). */
   tag?: string;
   registry?: RegistryOptions;
   onProgress?: (ev: PullProgressEvent) => void;
+  /**
+   * Called for every chunk of a layer blob read from the source with the blob bytes read so far
+   * (cumulative per layer, never more than `size`); consumers throttle (src/util/progress.ts).
+   */
+  onLayerBytes?: (ev: LayerBytesEvent) => void;
+  /** Also build the bootable image (bootable.ts) and record it as `composefs.image.boot`. */
+  bootable?: boolean;
 }
 
 export interface PullResult {
@@ -76,6 +102,8 @@ export interface PullResult {
   configDigest: string;
   /** fs-verity digest (repository algorithm) of the composefs EROFS image. */
   imageId: Buffer;
+  /** With `bootable`: fs-verity digest of the bootable composefs image. */
+  bootImageId?: Buffer;
   configStream: string;
   manifestStream: string;
   /** Layers imported by this pull / already present. */
@@ -165,6 +193,29 @@ export async function importLayer(
   return { streamDigest, objects, inlineBytes };
 }
 
+/** `source` whose blobs report every chunk's byte count to `onBytes` (cumulative per blob). */
+function countingSource(source: ImageSource, onBytes: (desc: OciDescriptor, bytes: number) => void): ImageSource {
+  return {
+    reference: source.reference,
+    getManifest: () => source.getManifest(),
+    getConfig: () => source.getConfig(),
+    close: () => source.close(),
+    openBlob(desc) {
+      const inner = source.openBlob(desc);
+      return {
+        async *[Symbol.asyncIterator]() {
+          let n = 0;
+          for await (const chunk of inner) {
+            n += chunk.length;
+            onBytes(desc, n);
+            yield chunk;
+          }
+        },
+      };
+    },
+  };
+}
+
 /** Runs `fn` over `items` with at most `limit` in flight; the first failure rejects (others finish first). */
 async function boundedAll<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
@@ -185,7 +236,12 @@ async function boundedAll<T>(items: readonly T[], limit: number, fn: (item: T) =
 
 export async function pullImage(repo: Repository, ref: string, opts: PullOptions = {}): Promise<PullResult> {
   const tagRef = ociTagRef(opts.tag ?? ref); // validate before any work
-  const source = await openImageSource(ref, { registry: opts.registry });
+  const rawSource = await openImageSource(ref, { registry: opts.registry });
+  const diffIdOf = new Map<string, string>();
+  const onBytes = opts.onLayerBytes;
+  const source = onBytes
+    ? countingSource(rawSource, (desc, bytes) => onBytes({ diffId: diffIdOf.get(desc.digest) ?? '', digest: desc.digest, size: desc.size, bytes }))
+    : rawSource;
   try {
     const manifest = await source.getManifest();
     const config = await source.getConfig();
@@ -197,6 +253,7 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
 
     // 2. layers (largest first; duplicates — the same diff_id twice — imported once)
     const order = layers.map((desc, i) => ({ desc, diffId: diffIds[i]! }));
+    for (const l of order) diffIdOf.set(l.desc.digest, l.diffId);
     const unique = [...new Map(order.map((l) => [l.diffId, l])).values()].sort((a, b) => b.desc.size - a.desc.size);
     let layersImported = 0;
     let layersSkipped = 0;
@@ -225,7 +282,13 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     // 3. the composefs image
     const tree = await buildImageTree(repo, diffIds, objectSizes);
     const imageId = await repo.writeImage(writeImageBytes(tree, repo.erofsFormat, repo.algorithm));
-    opts.onProgress?.({ kind: 'image', imageId: imageId.toString('hex') });
+    let bootImageId: Buffer | undefined;
+    if (opts.bootable) {
+      // the plain image is written: the same tree is transformed in place for the bootable one
+      await transformForBoot(tree, { readContent: repositoryContentReader(repo) });
+      bootImageId = await repo.writeImage(writeImageBytes(tree, repo.erofsFormat, repo.algorithm));
+    }
+    opts.onProgress?.({ kind: 'image', imageId: imageId.toString('hex'), bootImageId: bootImageId?.toString('hex') });
 
     // 4. config stream
     const ruleDigest = await repo.ensureObject(xattrRuleRecord());
@@ -233,6 +296,12 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     await cw.writeExternalData(config.bytes);
     for (const [d, sd] of layerDigests) cw.addNamedRef(d, sd);
     cw.addNamedRef(IMAGE_REF, imageId);
+    if (bootImageId === undefined) {
+      // a bootable image recorded by an earlier pull or create-image stays recorded (same layers → same image)
+      const previous = (await repo.hasStream(configStreamName(config.digest))) ? (await repo.openStream(configStreamName(config.digest))).namedRefs.get(BOOT_IMAGE_REF) : undefined;
+      if (previous !== undefined && (await repo.listImages()).includes(previous.toString('hex'))) bootImageId = previous;
+    }
+    if (bootImageId) cw.addNamedRef(BOOT_IMAGE_REF, bootImageId);
     cw.addNamedRef(XATTR_RULE_REF, ruleDigest);
     const configStream = configStreamName(config.digest);
     const configStreamDigest = await repo.writeStream(configStream, cw);
@@ -245,7 +314,7 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     const manifestStream = manifestStreamName(manifest.digest);
     await repo.writeStream(manifestStream, mw, tagRef);
 
-    return { manifestDigest: manifest.digest, configDigest: config.digest, imageId, configStream, manifestStream, layersImported, layersSkipped };
+    return { manifestDigest: manifest.digest, configDigest: config.digest, imageId, bootImageId, configStream, manifestStream, layersImported, layersSkipped };
   } finally {
     await source.close();
   }

@@ -213,10 +213,18 @@ async function errorMessage(res: IncomingMessage): Promise<string> {
   }
 }
 
+/** A request body that can be produced again for a retry. */
+type BodyFactory = () => Uint8Array | AsyncIterable<Uint8Array>;
+
 interface RequestOptions {
-  method?: 'GET' | 'HEAD';
+  method?: 'GET' | 'HEAD' | 'POST' | 'PUT';
   headers?: Record<string, string>;
   what: string;
+  /** absolute URL (upload locations) instead of a path under the API base */
+  url?: URL;
+  body?: BodyFactory;
+  /** needs push access (token scope `pull,push`) */
+  push?: boolean;
 }
 
 /** A client for one registry host. */
@@ -262,7 +270,7 @@ export class RegistryClient {
   }
 
   /** One HTTP exchange, no redirects/auth/retries. Resolves with the response head. */
-  private rawRequest(url: URL, method: string, headers: Record<string, string>): Promise<IncomingMessage> {
+  private rawRequest(url: URL, method: string, headers: Record<string, string>, body?: BodyFactory): Promise<IncomingMessage> {
     return new Promise((resolve, reject) => {
       const isHttps = url.protocol === 'https:';
       const mod = isHttps ? https : http;
@@ -282,16 +290,30 @@ export class RegistryClient {
         req.destroy(err);
       });
       req.on('error', reject);
-      req.end();
+      if (body === undefined) {
+        req.end();
+        return;
+      }
+      const data = body();
+      if (data instanceof Uint8Array) {
+        req.end(data);
+        return;
+      }
+      (async () => {
+        for await (const chunk of data) {
+          if (!req.write(chunk)) await new Promise<void>((r) => req.once('drain', () => r()));
+        }
+        req.end();
+      })().catch((e: unknown) => req.destroy(e as Error));
     });
   }
 
   /** Follows redirects; drops Authorization once the host (or scheme/port) changes. */
-  private async requestFollowing(url: URL, method: string, headers: Record<string, string>): Promise<{ res: IncomingMessage; url: URL }> {
+  private async requestFollowing(url: URL, method: string, headers: Record<string, string>, body?: BodyFactory): Promise<{ res: IncomingMessage; url: URL }> {
     let current = url;
     let hdrs = headers;
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
-      const res = await this.rawRequest(current, method, hdrs);
+      const res = await this.rawRequest(current, method, hdrs, body);
       const status = res.statusCode ?? 0;
       if (![301, 302, 303, 307, 308].includes(status)) return { res, url: current };
       const location = res.headers.location;
@@ -365,11 +387,11 @@ export class RegistryClient {
     }
   }
 
-  private scopeKey(repository: string): string {
-    return `repository:${repository}:pull`;
+  private scopeKey(repository: string, push = false): string {
+    return `repository:${repository}:${push ? 'pull,push' : 'pull'}`;
   }
 
-  private async authorize(repository: string): Promise<string | undefined> {
+  private async authorize(repository: string, push = false): Promise<string | undefined> {
     const challenge = this.challenge;
     if (!challenge) return undefined;
     const creds = this.credentialsFor(repository);
@@ -379,7 +401,7 @@ export class RegistryClient {
       }
       return `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
     }
-    const scope = this.scopeKey(repository);
+    const scope = this.scopeKey(repository, push);
     const cached = this.tokens.get(scope);
     if (cached) return `Bearer ${cached}`;
     const token = await this.fetchToken(challenge, scope, creds);
@@ -446,13 +468,13 @@ export class RegistryClient {
    */
   private async get(repository: string, path: string, opts: RequestOptions): Promise<IncomingMessage> {
     await this.ping();
-    const url = new URL(`${this.baseUrl}${path}`);
+    const url = opts.url ?? new URL(`${this.baseUrl}${path}`);
     let reauthenticated = false;
     for (;;) {
       const headers: Record<string, string> = { ...opts.headers };
-      const auth = await this.authorize(repository);
+      const auth = await this.authorize(repository, opts.push);
       if (auth) headers.Authorization = auth;
-      const { res, url: finalUrl } = await this.requestFollowing(url, opts.method ?? 'GET', headers);
+      const { res, url: finalUrl } = await this.requestFollowing(url, opts.method ?? 'GET', headers, opts.body);
       const status = res.statusCode ?? 0;
       if (status >= 200 && status < 300) return res;
       if (status === 401 && !reauthenticated) {
@@ -463,7 +485,7 @@ export class RegistryClient {
         res.resume();
         if (fresh) {
           this.challenge = fresh;
-          this.tokens.delete(this.scopeKey(repository));
+          this.tokens.delete(this.scopeKey(repository, opts.push));
           reauthenticated = true;
           continue;
         }
@@ -552,6 +574,77 @@ export class RegistryClient {
         res?.destroy();
       }
     }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // push (distribution spec: monolithic blob upload, manifest PUT)
+
+  /** Runs one request with the shared retry policy for transient failures. */
+  private async withRetry<T>(what: string, url: string, fn: () => Promise<T>): Promise<T> {
+    const budget = new RetryBudget(this.options.retry, what, url);
+    for (;;) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (!isTransientNetworkError(e)) throw e;
+        await budget.wait(e, (e as TransientError).retryAfterMs);
+      }
+    }
+  }
+
+  /** true if the repository already has the blob (HEAD /v2/<name>/blobs/<digest>). */
+  async hasBlob(repository: string, digest: string, push = false): Promise<boolean> {
+    parseDigest(digest);
+    const path = `/v2/${repository}/blobs/${digest}`;
+    return this.withRetry(`HEAD blob ${digest}`, path, async () => {
+      try {
+        const res = await this.get(repository, path, { method: 'HEAD', what: `blob ${digest}`, push });
+        res.resume();
+        return true;
+      } catch (e) {
+        if (e instanceof RegistryError && e.status === 404) return false;
+        throw e;
+      }
+    });
+  }
+
+  /**
+   * Uploads a blob unless the repository has it: POST an upload session, then one PUT with the whole
+   * content and its digest (the registry verifies it). `body` is called again for a retry.
+   */
+  async pushBlob(repository: string, descriptor: Pick<OciDescriptor, 'digest' | 'size'>, body: BodyFactory): Promise<'uploaded' | 'exists'> {
+    if (await this.hasBlob(repository, descriptor.digest, true)) return 'exists';
+    const what = `upload of blob ${descriptor.digest}`;
+    const start = `/v2/${repository}/blobs/uploads/`;
+    await this.withRetry(what, start, async () => {
+      const res = await this.get(repository, start, { method: 'POST', what, push: true, headers: { 'Content-Length': '0' } });
+      res.resume();
+      const location = res.headers.location;
+      if (!location) throw new RegistryError(`${what}: the registry gave no upload location`, start, res.statusCode);
+      const url = new URL(location, this.baseUrl);
+      url.searchParams.set('digest', descriptor.digest);
+      const put = await this.get(repository, '', {
+        method: 'PUT', url, what, push: true, body,
+        headers: { 'Content-Type': 'application/octet-stream', 'Content-Length': String(descriptor.size) },
+      });
+      put.resume();
+    });
+    return 'uploaded';
+  }
+
+  /** PUT /v2/<name>/manifests/<reference>; returns the digest the registry reports (or ours). */
+  async putManifest(repository: string, reference: string, bytes: Buffer, mediaType: string): Promise<string> {
+    const path = `/v2/${repository}/manifests/${reference}`;
+    const what = `manifest upload ${repository}:${reference}`;
+    return this.withRetry(what, path, async () => {
+      const res = await this.get(repository, path, {
+        method: 'PUT', what, push: true, body: () => bytes,
+        headers: { 'Content-Type': mediaType, 'Content-Length': String(bytes.length) },
+      });
+      res.resume();
+      const d = res.headers['docker-content-digest'];
+      return typeof d === 'string' ? d : digestOf(bytes);
+    });
   }
 }
 

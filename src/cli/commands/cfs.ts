@@ -8,7 +8,8 @@
  * --user). Image names: a hex image id, `refs/NAME`, or a bare NAME meaning `refs/NAME`.
  *
  * Verbs: init, create-image, compute-id, image-objects, gc, fsck, mount, and `oci` pull / images /
- * inspect / compute-id (src/oci/pull.ts, src/oci/image.ts). Output: image ids as hex; gc as cfsctl
+ * inspect / compute-id / create-image / mount (src/oci/pull.ts, src/oci/image.ts). `--bootable` (pull,
+ * compute-id, create-image, oci mount) selects the bootable image (src/oci/bootable.ts). Output: image ids as hex; gc as cfsctl
  * ("Objects: N removed (B bytes)"); fsck exits 1 on damage. Errors: `bootcfs: message`, exit 1; usage
  * errors exit 2 (UsageError).
  */
@@ -20,8 +21,20 @@ import { formatGcResult } from '../../repository/gc.js';
 import { formatFsckResult } from '../../repository/fsck.js';
 import { computeDirectoryImageId, createImageFromDirectory } from '../../oci/directory-image.js';
 import { mountImage } from '../../repository/mount.js';
-import { computeImageId, configStreamName, manifestStreamName, ociTagRef, resolveConfigStream } from '../../oci/image.js';
-import { IMAGE_REF, pullImage } from '../../oci/pull.js';
+import {
+  BOOT_IMAGE_REF,
+  IMAGE_REF,
+  computeImageId,
+  configStreamName,
+  createImage,
+  imageRefName,
+  manifestStreamName,
+  ociTagRef,
+  recordedImageId,
+  resolveConfigStream,
+} from '../../oci/image.js';
+import { pullImage } from '../../oci/pull.js';
+import { ProgressReporter } from '../../util/progress.js';
 import { BootcfsError } from '../../errors.js';
 import { listObjects } from '../../composefs/info.js';
 import { isHashAlgorithm } from '../../fsverity/index.js';
@@ -110,21 +123,23 @@ Options:
   },
   'create-image': {
     summary: 'build a composefs image from a directory into the repository',
-    usage: 'create-image [--no-propagate-usr-to-root] DIR [NAME]',
+    usage: 'create-image [--bootable] [--no-propagate-usr-to-root] DIR [NAME]',
     help: `Scan DIR (hardlinks preserved, files of up to 64 bytes inline), store its files as objects, apply
 the xattr rule bootcfs-xattrs-1 (keep user.*, security.* except security.selinux, and POSIX ACLs) and
 the OCI root transform (the root takes /usr's metadata; /run is emptied), write the image in the
 repository's EROFS format and print its id (hex). With NAME, also point images/refs/NAME at it.
 
 Options:
+  --bootable                   apply the bootable transform: /boot and /sysroot emptied (mtime of /usr),
+                               SELinux labels from the tree's policy (or all labels removed without one)
   --no-propagate-usr-to-root   skip the OCI root transform (needed for trees without /usr)
   -h, --help                   show this help`,
     async run(g, argv) {
-      const { values, positionals: pos } = parseCli(argv, { 'no-propagate-usr-to-root': { type: 'boolean' }, ...HELP_OPT });
+      const { values, positionals: pos } = parseCli(argv, { bootable: { type: 'boolean' }, 'no-propagate-usr-to-root': { type: 'boolean' }, ...HELP_OPT });
       if (values.help) return printHelp('create-image');
       const [dir, name] = positionals('create-image', pos, 1, 2, this.usage) as [string, string | undefined];
       const id = await withRepo(g, (repo) =>
-        createImageFromDirectory(repo, dir, { name, propagateUsrToRoot: !values['no-propagate-usr-to-root'] }),
+        createImageFromDirectory(repo, dir, { name, propagateUsrToRoot: !values['no-propagate-usr-to-root'], bootable: values.bootable }),
       );
       await writeOut(process.stdout, `${id.toString('hex')}\n`);
       return 0;
@@ -132,19 +147,20 @@ Options:
   },
   'compute-id': {
     summary: 'print the image id create-image would produce, writing nothing',
-    usage: 'compute-id [--no-propagate-usr-to-root] DIR',
+    usage: 'compute-id [--bootable] [--no-propagate-usr-to-root] DIR',
     help: `Compute the image id (hex) of DIR exactly as create-image would, with the repository's algorithm
 and EROFS format; nothing is written.
 
 Options:
+  --bootable                   apply the bootable transform (as create-image --bootable)
   --no-propagate-usr-to-root   skip the OCI root transform (needed for trees without /usr)
   -h, --help                   show this help`,
     async run(g, argv) {
-      const { values, positionals: pos } = parseCli(argv, { 'no-propagate-usr-to-root': { type: 'boolean' }, ...HELP_OPT });
+      const { values, positionals: pos } = parseCli(argv, { bootable: { type: 'boolean' }, 'no-propagate-usr-to-root': { type: 'boolean' }, ...HELP_OPT });
       if (values.help) return printHelp('compute-id');
       const [dir] = positionals('compute-id', pos, 1, 1, this.usage) as [string];
       const cfg = await withRepo(g, async (repo) => ({ algorithm: repo.algorithm, erofsFormat: repo.erofsFormat }), { readOnly: true });
-      const { id } = await computeDirectoryImageId(dir, cfg, { propagateUsrToRoot: !values['no-propagate-usr-to-root'] });
+      const { id } = await computeDirectoryImageId(dir, cfg, { propagateUsrToRoot: !values['no-propagate-usr-to-root'], bootable: values.bootable });
       await writeOut(process.stdout, `${id.toString('hex')}\n`);
       return 0;
     },
@@ -263,35 +279,78 @@ async function configDigestOf(repo: Repository, manifestStream: string): Promise
   throw new BootcfsError('EFORMAT', `manifest stream '${manifestStream}' has no config reference`);
 }
 
-async function imageIdOf(repo: Repository, configDigest: string): Promise<string | undefined> {
+async function imageIdOf(repo: Repository, configDigest: string, ref: string = IMAGE_REF): Promise<string | undefined> {
   const ss = await repo.openStream(configStreamName(configDigest));
-  return ss.namedRefs.get(IMAGE_REF)?.toString('hex');
+  return ss.namedRefs.get(ref)?.toString('hex');
+}
+
+/** `--progress-fd N` → N (an integer ≥ 1), or undefined. */
+function progressFd(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^[0-9]+$/.test(v) || Number(v) < 1) throw new UsageError(`--progress-fd takes a file descriptor number ≥ 1, not '${v}'`);
+  return Number(v);
 }
 
 const ociVerbs: Record<string, Verb> = {
   pull: {
     summary: 'pull an OCI image into the repository and build its composefs image',
-    usage: 'oci pull [--tls-verify=false] SOURCE [NAME]',
+    usage: 'oci pull [--bootable] [--tls-verify=false] [--progress-fd N] SOURCE [NAME]',
     help: `Pull SOURCE (oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://HOST/NAME[:TAG|@DIGEST])
 into the repository: layers as splitstreams (files > 64 bytes as objects), the merged tree (xattr rule
 bootcfs-xattrs-1, OCI root transform) as a composefs image, tagged NAME (default: SOURCE as given).
 Layers already in the repository are not fetched again. Prints the manifest and config digests, the
 image id and the tag. Plain HTTP is used for loopback registries only unless --tls-verify=false.
 
+With --bootable the bootable image (/boot and /sysroot emptied, SELinux labels from the image's policy)
+is built too, recorded as composefs.image.boot and printed as "boot". A progress bar per layer is
+drawn on stderr when it is a terminal.
+
 Options:
+  --bootable          also build and record the bootable image
   --tls-verify=BOOL   verify registry TLS certificates (default true); false also permits plain HTTP
+  --progress-fd N     write progress as JSON lines to file descriptor N: one object per event,
+                      {"type":"layer-start"|"layer-progress"|"layer-done"|"image-done","digest",
+                      "bytes","total","ts"} (bytes of the layer blob read so far; ≤ ~10 events/s per layer)
   -h, --help          show this help`,
     async run(g, argv) {
-      const { values, positionals: pos } = parseCli(argv, { 'tls-verify': { type: 'string' }, ...HELP_OPT });
+      const { values, positionals: pos } = parseCli(argv, {
+        bootable: { type: 'boolean' },
+        'tls-verify': { type: 'string' },
+        'progress-fd': { type: 'string' },
+        ...HELP_OPT,
+      });
       if (values.help) return printOciHelp('pull');
       const [source, name] = positionals('oci pull', pos, 1, 2, this.usage) as [string, string | undefined];
       const tv = values['tls-verify'];
       if (tv !== undefined && tv !== 'true' && tv !== 'false') throw new UsageError(`--tls-verify takes true or false, not '${tv}'`);
       const tag = name ?? source;
-      const r = await withRepo(g, (repo) => pullImage(repo, source, { tag, registry: tv === 'false' ? { tlsVerify: false } : undefined }));
+      const progress = new ProgressReporter({ fd: progressFd(values['progress-fd']), tty: process.stderr });
+      let r;
+      try {
+        r = await withRepo(g, (repo) =>
+          pullImage(repo, source, {
+            tag,
+            bootable: values.bootable,
+            registry: tv === 'false' ? { tlsVerify: false } : undefined,
+            onLayerBytes: progress.active ? (ev) => progress.layerProgress(ev.digest, ev.bytes) : undefined,
+            onProgress: progress.active
+              ? (ev) => {
+                  if (ev.kind === 'layer-start') progress.layerStart(ev.digest, ev.size);
+                  else if (ev.kind === 'layer-done') progress.layerDone(ev.digest);
+                  else if (ev.kind === 'layer-skip') progress.layerDone(ev.digest, { bytes: ev.size, skipped: true });
+                  else progress.imageDone(ev.imageId);
+                }
+              : undefined,
+          }),
+        );
+      } finally {
+        await progress.close();
+      }
       await writeOut(
         process.stdout,
-        `manifest ${r.manifestDigest}\nconfig   ${r.configDigest}\nverity   ${r.imageId.toString('hex')}\ntagged   ${tag}\nlayers   ${r.layersImported} imported, ${r.layersSkipped} already present\n`,
+        `manifest ${r.manifestDigest}\nconfig   ${r.configDigest}\nverity   ${r.imageId.toString('hex')}\n` +
+          (r.bootImageId && values.bootable ? `boot     ${r.bootImageId.toString('hex')}\n` : '') +
+          `tagged   ${tag}\nlayers   ${r.layersImported} imported, ${r.layersSkipped} already present\n`,
       );
       return 0;
     },
@@ -302,7 +361,7 @@ Options:
     help: `List every tagged OCI image: tag, manifest digest, config digest and composefs image id.
 
 Options:
-  --json            print a JSON array of {name, manifest, config, image}
+  --json            print a JSON array of {name, manifest, config, image, bootImage}
   -h, --help        show this help`,
     async run(g, argv) {
       const { values, positionals: pos } = parseCli(argv, { json: { type: 'boolean' }, ...HELP_OPT });
@@ -311,11 +370,17 @@ Options:
       const rows = await withRepo(
         g,
         async (repo) => {
-          const out: Array<{ name: string; manifest: string; config: string; image: string | undefined }> = [];
+          const out: Array<{ name: string; manifest: string; config: string; image: string | undefined; bootImage: string | undefined }> = [];
           for (const [ref, stream] of await repo.streamRefs()) {
             if (!ref.startsWith('oci/') || !stream.startsWith('oci-manifest-')) continue;
             const config = await configDigestOf(repo, stream);
-            out.push({ name: decodeTag(ref.slice('oci/'.length)), manifest: stream.slice('oci-manifest-'.length), config, image: await imageIdOf(repo, config) });
+            out.push({
+              name: decodeTag(ref.slice('oci/'.length)),
+              manifest: stream.slice('oci-manifest-'.length),
+              config,
+              image: await imageIdOf(repo, config),
+              bootImage: await imageIdOf(repo, config, BOOT_IMAGE_REF),
+            });
           }
           return out;
         },
@@ -329,7 +394,7 @@ Options:
   inspect: {
     summary: 'show a stored OCI image (manifest, config, image id)',
     usage: 'oci inspect [--manifest | --config] NAME',
-    help: `Print a stored OCI image as JSON: {name, manifestDigest, configDigest, image, manifest, config}.
+    help: `Print a stored OCI image as JSON: {name, manifestDigest, configDigest, image, bootImage, manifest, config}.
 NAME is a tag or @sha256:<manifest digest>.
 
 Options:
@@ -355,6 +420,7 @@ Options:
             manifestDigest: ms.slice('oci-manifest-'.length),
             configDigest,
             image: (await imageIdOf(repo, configDigest)) ?? null,
+            bootImage: (await imageIdOf(repo, configDigest, BOOT_IMAGE_REF)) ?? null,
             manifest: JSON.parse(manifest.toString('utf8')) as unknown,
             config: JSON.parse(config.toString('utf8')) as unknown,
           };
@@ -368,25 +434,76 @@ Options:
   },
   'compute-id': {
     summary: 'print the composefs image id of a stored OCI image, writing nothing',
-    usage: 'oci compute-id NAME',
+    usage: 'oci compute-id [--bootable] NAME',
     help: `Rebuild the composefs image of a stored OCI image from its layer streams and print its id (hex),
 without writing anything. NAME is a tag or @sha256:<config digest>.
 
 Options:
+  --bootable        the bootable image (/boot and /sysroot emptied, SELinux labels from the image's policy)
   -h, --help        show this help`,
     async run(g, argv) {
-      const { values, positionals: pos } = parseCli(argv, HELP_OPT);
+      const { values, positionals: pos } = parseCli(argv, { bootable: { type: 'boolean' }, ...HELP_OPT });
       if (values.help) return printOciHelp('compute-id');
       const [name] = positionals('oci compute-id', pos, 1, 1, this.usage) as [string];
       const id = await withRepo(
         g,
         async (repo) => {
           await resolveConfigStream(repo, name);
-          return computeImageId(repo, name);
+          return computeImageId(repo, name, { bootable: values.bootable });
         },
         { readOnly: true },
       );
       await writeOut(process.stdout, `${id.toString('hex')}\n`);
+      return 0;
+    },
+  },
+  'create-image': {
+    summary: 'write the composefs image of a stored OCI image into images/',
+    usage: 'oci create-image [--bootable] NAME [IMAGE-NAME]',
+    help: `Build the composefs image of stored OCI image NAME (a tag or @sha256:<config digest>), write it to
+images/ (and images/refs/IMAGE-NAME if given), record it in the image's config stream
+(composefs.image, or composefs.image.boot with --bootable) and print its id (hex).
+
+Options:
+  --bootable        the bootable image (/boot and /sysroot emptied, SELinux labels from the image's policy)
+  -h, --help        show this help`,
+    async run(g, argv) {
+      const { values, positionals: pos } = parseCli(argv, { bootable: { type: 'boolean' }, ...HELP_OPT });
+      if (values.help) return printOciHelp('create-image');
+      const [name, imageRef] = positionals('oci create-image', pos, 1, 2, this.usage) as [string, string | undefined];
+      const id = await withRepo(g, (repo) => createImage(repo, name, { bootable: values.bootable, name: imageRef }));
+      await writeOut(process.stdout, `${id.toString('hex')}\n`);
+      return 0;
+    },
+  },
+  mount: {
+    summary: 'mount the composefs image of a stored OCI image (root)',
+    usage: 'oci mount [--bootable] NAME MOUNTPOINT',
+    help: `Mount the composefs image recorded for stored OCI image NAME (a tag or @sha256:<config digest>)
+read-only at MOUNTPOINT, like 'cfs mount': composefs.image, or composefs.image.boot with --bootable
+(made by 'oci pull --bootable' or 'oci create-image --bootable'). Needs root.
+
+Options:
+  --bootable        mount the bootable image
+  -h, --help        show this help`,
+    async run(g, argv) {
+      const { values, positionals: pos } = parseCli(argv, { bootable: { type: 'boolean' }, ...HELP_OPT });
+      if (values.help) return printOciHelp('mount');
+      const [name, mountpoint] = positionals('oci mount', pos, 2, 2, this.usage) as [string, string];
+      await withRepo(
+        g,
+        async (repo) => {
+          const id = await recordedImageId(repo, name, { bootable: values.bootable });
+          if (id === undefined) {
+            throw new BootcfsError(
+              'ENOENT',
+              `OCI image '${name}' has no ${imageRefName(values.bootable)} image recorded (run 'cfs oci create-image${values.bootable ? ' --bootable' : ''} ${name}')`,
+            );
+          }
+          await mountImage(repo, id.toString('hex'), mountpoint);
+        },
+        { readOnly: true },
+      );
       return 0;
     },
   },
@@ -410,7 +527,7 @@ Run 'bootcfs cfs oci COMMAND --help' for a command's options.
 `;
 
 const ociVerb: Verb = {
-  summary: 'OCI images: pull, images, inspect, compute-id',
+  summary: 'OCI images: pull, images, inspect, compute-id, create-image, mount',
   usage: 'oci COMMAND [options...]',
   help: OCI_HELP,
   async run(g, argv) {

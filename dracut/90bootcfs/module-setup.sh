@@ -1,0 +1,26 @@
+#!/bin/bash
+# dracut module "bootcfs": bootcfs's setup-root (composefs root) for a systemd initramfs.
+# Add it with `add_dracutmodules+=" bootcfs "` (dracut.conf.d) or `dracut --add bootcfs`.
+
+# only when asked for (it changes what the root filesystem is)
+check() {
+    require_binaries fsverity mount umount mountpoint find xargs || return 1
+    return 255
+}
+
+depends() {
+    echo systemd-initrd
+}
+
+installkernel() {
+    # Debian builds these as modules; fs-verity itself is built in (CONFIG_FS_VERITY=y)
+    hostonly='' instmods erofs overlay loop ext4
+}
+
+install() {
+    inst_multiple fsverity mount umount mountpoint find xargs cat mkdir rm sync
+    inst_simple "$moddir/bootcfs-lib.sh" /usr/lib/bootcfs/bootcfs-lib.sh
+    inst_script "$moddir/bootcfs-setup-root.sh" /usr/lib/bootcfs/bootcfs-setup-root
+    inst_simple "$moddir/bootcfs-setup-root.service" "$systemdsystemunitdir/bootcfs-setup-root.service"
+    $SYSTEMCTL -q --root "$initdir" enable bootcfs-setup-root.service
+}
