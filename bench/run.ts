@@ -17,6 +17,7 @@ const suites: Suite[] = [
   { name: 'mkcomposefs', load: () => import('./mkcomposefs.js') },
   { name: 'oci-import', load: () => import('./oci-import.js') },
   { name: 'oci-memory', load: () => import('./oci-memory.js') },
+  { name: 'build-sealed', load: () => import('./build-sealed.js') },
 ];
 
 /** A table cell: pipes would split the Markdown cell. */
