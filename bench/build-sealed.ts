@@ -21,7 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
-import { ensureBenchImage } from './oci-import.js';
+import { ensureBenchImage, timed, type Measured } from './oci-import.js';
 import type { BenchResult } from './result.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -32,24 +32,9 @@ const MKCOMPOSEFS = `${REF}/composefs/bin/mkcomposefs`;
 const UKIFY = `${REF}/bin/ukify`;
 const CACHE = process.env.BOOTCFS_CACHE ?? '/var/cache/bootcfs';
 const SEALED_INPUT = path.join(CACHE, 'bench-sealed-input');
-const TIME = '/usr/bin/time';
 const RUNS = 2;
 const STUB = '/usr/lib/systemd/boot/efi/linuxx64.efi.stub';
 const SDBOOT = '/usr/lib/systemd/boot/efi/systemd-bootx64.efi';
-
-interface Measured { seconds: number; maxRssKiB: number; stdout: string }
-
-function timed(cmd: string, args: string[], opts: { cwd?: string } = {}): Measured {
-  const rssFile = path.join(os.tmpdir(), `bootcfs-bench-rss-${process.pid}`);
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(TIME, ['-f', '%M', '-o', rssFile, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: opts.cwd, maxBuffer: 1 << 26 });
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (r.error) throw r.error;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr.toString()}`);
-  const maxRssKiB = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
-  rmSync(rssFile, { force: true });
-  return { seconds, maxRssKiB, stdout: r.stdout.toString() };
-}
 
 function must(cmd: string, args: string[], input?: Buffer): Buffer {
   const r = spawnSync(cmd, args, { input, maxBuffer: 1 << 30 });
@@ -119,7 +104,7 @@ async function ensureSealedInput(): Promise<{ layout: string; kver: string; kern
 }
 
 export async function run(): Promise<BenchResult[]> {
-  for (const t of [TIME, MKCOMPOSEFS, UKIFY, '/usr/bin/skopeo', '/usr/bin/umoci', '/usr/bin/sbsign', STUB, SDBOOT]) {
+  for (const t of ['/usr/bin/time', MKCOMPOSEFS, UKIFY, '/usr/bin/skopeo', '/usr/bin/umoci', '/usr/bin/sbsign', STUB, SDBOOT]) {
     if (!existsSync(t)) throw new Error(`${t} is missing: run scripts/install-deps.sh`);
   }
   const input = await ensureSealedInput();
@@ -144,7 +129,7 @@ export async function run(): Promise<BenchResult[]> {
       steps.push(timed('sh', ['-c', `rm -rf ${rootfs}/boot/* ${rootfs}/sysroot/* && mkdir -p ${rootfs}/sysroot`]));
       const d = timed(MKCOMPOSEFS, ['--print-digest-only', rootfs]);
       steps.push(d);
-      const digest = d.stdout.trim();
+      const digest = (d.stdout ?? '').trim();
       const k = `${rootfs}/usr/lib/modules/${input.kver}`;
       mkdirSync(`${w}/boot/EFI/Linux`, { recursive: true });
       mkdirSync(`${w}/boot/EFI/systemd`, { recursive: true });
@@ -168,7 +153,7 @@ export async function run(): Promise<BenchResult[]> {
     }
     const bo = o.reduce((a, b) => (b.seconds < a.seconds ? b : a));
     const bp = p.reduce((a, b) => (b.seconds < a.seconds ? b : a));
-    const res = JSON.parse(bo.stdout) as { digest: string; ukiSize: number };
+    const res = JSON.parse(bo.stdout ?? '{}') as { digest: string; ukiSize: number };
     return [{
       name: 'build-sealed (oci: layout → signed sealed oci: image) wall time, vs skopeo+umoci+mkcomposefs+ukify/sbsign+umoci insert',
       ours: bo.seconds,

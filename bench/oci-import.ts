@@ -171,14 +171,14 @@ export async function ensureBenchImage(): Promise<BenchImage> {
   return { layout: LAYOUT, layerFiles, uncompressedBytes, compressedBytes, treeBytes: apparentTreeBytes(rootfs) + pad, padBytes: pad };
 }
 
-interface Measured {
+export interface Measured {
   seconds: number;
   maxRssKiB: number;
   stdout?: string;
 }
 
 /** Runs a command under /usr/bin/time: wall time measured here, peak RSS from GNU time. */
-function timed(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Measured {
+export function timed(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Measured {
   if (!existsSync(TIME)) throw new Error(`${TIME} (GNU time) is missing: needed for peak RSS`);
   const rssFile = path.join(os.tmpdir(), `bootcfs-bench-rss-${process.pid}`);
   const t0 = process.hrtime.bigint();

@@ -150,9 +150,16 @@ export async function storedImageTree(repo: Repository, tag: string): Promise<Fi
   return buildImageTree(repo, await configDiffIds(repo, await resolveConfigStream(repo, tag)));
 }
 
-async function withRepository<T>(opts: BuildSealedOptions, fn: (repo: Repository) => Promise<T>): Promise<T> {
+/**
+ * Runs `fn` with a throwaway insecure repository in $TMPDIR (removed afterwards) — how the build-time
+ * verbs compute digests without root or fs-verity, as bootc does — or with the caller's repository.
+ */
+export async function withTemporaryRepository<T>(
+  opts: { repo?: Repository; algorithm?: HashAlgorithm; format?: ErofsFormatVersion },
+  fn: (repo: Repository) => Promise<T>,
+): Promise<T> {
   if (opts.repo) return fn(opts.repo);
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'bootcfs-seal-'));
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'bootcfs-'));
   try {
     const repo = await Repository.init(path.join(dir, 'repo'), { algorithm: opts.algorithm ?? 'sha512', erofsFormat: opts.format ?? 1, insecure: true });
     try {
@@ -174,7 +181,7 @@ export async function buildSealed(sourceRef: string, destRef: string, opts: Buil
   }
   if (dest.transport === 'docker' && dest.digest !== undefined) throw new SealError('a destination cannot name a digest (the sealed manifest is new): give a tag');
   const step = (s: string): void => opts.onProgress?.({ kind: 'step', step: s });
-  return withRepository(opts, async (repo) => {
+  return withTemporaryRepository(opts, async (repo) => {
     const algorithm = repo.algorithm;
     const format = repo.erofsFormat;
     step('pull');

@@ -6,18 +6,16 @@
  * root from /usr, /run, /boot and /sysroot emptied, SELinux labels from the image's policy), so they agree.
  */
 import { promises as fsp } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { BootcfsError } from '../errors.js';
 import type { HashAlgorithm } from '../fsverity/index.js';
-import { Repository } from '../repository/repository.js';
 import type { ErofsFormatVersion } from '../repository/meta.js';
 import { pullImage } from '../oci/pull.js';
 import type { RegistryOptions } from '../oci/registry.js';
 import { readDirectoryForRepository } from '../oci/directory-image.js';
 import { writeDumpfile } from '../dumpfile/index.js';
 import type { FileSystem } from '../tree/model.js';
-import { repositoryReader, sealedDigest, storedImageTree } from './build.js';
+import { repositoryReader, sealedDigest, storedImageTree, withTemporaryRepository } from './build.js';
 import type { ContentReader } from '../oci/bootable.js';
 
 export interface ComputeDigestOptions {
@@ -40,18 +38,10 @@ async function finish(tree: FileSystem, algorithm: HashAlgorithm, format: ErofsF
 }
 
 export async function computeComposefsDigestOfImage(ref: string, opts: ComputeDigestOptions = {}): Promise<ComputedDigest> {
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'bootcfs-digest-'));
-  try {
-    const repo = await Repository.init(path.join(dir, 'repo'), { algorithm: opts.algorithm ?? 'sha512', erofsFormat: opts.format ?? 1, insecure: true });
-    try {
-      await pullImage(repo, ref, { tag: 'image', registry: opts.registry });
-      return await finish(await storedImageTree(repo, 'image'), repo.algorithm, repo.erofsFormat, opts.dumpfile ?? false, repositoryReader(repo));
-    } finally {
-      await repo.close();
-    }
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
+  return withTemporaryRepository(opts, async (repo) => {
+    await pullImage(repo, ref, { tag: 'image', registry: opts.registry });
+    return finish(await storedImageTree(repo, 'image'), repo.algorithm, repo.erofsFormat, opts.dumpfile ?? false, repositoryReader(repo));
+  });
 }
 
 export async function computeComposefsDigestOfDirectory(rootfs: string, opts: ComputeDigestOptions = {}): Promise<ComputedDigest> {

@@ -7,11 +7,8 @@
  * sealed tree's dumpfile recorded at build time (`/boot/<kver>.dump`) is compared with the current
  * tree's, entry by entry, and every differing path is named with the fields that differ.
  */
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { promises as fsp } from 'node:fs';
 import type { HashAlgorithm } from '../fsverity/index.js';
-import { Repository } from '../repository/repository.js';
+import type { Repository } from '../repository/repository.js';
 import type { ErofsFormatVersion } from '../repository/meta.js';
 import { pullImage } from '../oci/pull.js';
 import type { RegistryOptions } from '../oci/registry.js';
@@ -20,7 +17,7 @@ import { composefsKarg } from '../boot/kargs.js';
 import { inspectUki } from '../uki/uki.js';
 import { verifyPe } from '../authenticode/index.js';
 import { inodeContent, listTreeDir, readTreeFile } from './tree-files.js';
-import { SEALED_SYSTEMD_BOOT, SEALED_UKI_DIR, repositoryReader, sealedDigest, storedImageTree } from './build.js';
+import { SEALED_SYSTEMD_BOOT, SEALED_UKI_DIR, repositoryReader, sealedDigest, storedImageTree, withTemporaryRepository } from './build.js';
 import { diffDumpfiles, type DumpDifference } from './dump-diff.js';
 
 export interface SignatureReport {
@@ -147,16 +144,5 @@ export async function verifySealed(sourceRef: string, opts: VerifySealedOptions 
     const ok = problems.filter((p) => !p.startsWith('  ')).length === 0;
     return { ok, algorithm: repo.algorithm, computedDigest: computed, ukis, systemdBoot, problems, warnings, differences };
   };
-  if (opts.repo) return run(opts.repo);
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'bootcfs-verify-'));
-  try {
-    const repo = await Repository.init(path.join(dir, 'repo'), { algorithm: opts.algorithm ?? 'sha512', erofsFormat: opts.format ?? 1, insecure: true });
-    try {
-      return await run(repo);
-    } finally {
-      await repo.close();
-    }
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
+  return withTemporaryRepository(opts, run);
 }
