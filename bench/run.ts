@@ -2,7 +2,7 @@
  * `npm run bench`: runs every benchmark, prints each figure as a ratio against the reference tool measured
  * in the same run, and writes bench/RESULTS.md. Benchmarks are never part of the test tiers.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -54,8 +54,24 @@ async function main(): Promise<void> {
     ...rows.map((r) => `| ${cell(r.name)} | ${fmt(r.ours)} ${r.unit} | ${fmt(r.reference)} ${r.unit} | **${r.ratio.toFixed(2)}×** | ${r.higherIsBetter ? 'higher' : 'lower'} | ${cell(r.note ?? '')} |`),
     '',
   ].join('\n');
-  if (only.length === 0) writeFileSync(path.join(repo, 'bench/RESULTS.md'), md);
-  else console.log('(subset run: bench/RESULTS.md not rewritten)');
+  const out = path.join(repo, 'bench/RESULTS.md');
+  if (only.length === 0) writeFileSync(out, md);
+  else if (existsSync(out)) {
+    // A subset run replaces its own rows (matched by benchmark name) and keeps the others.
+    const fresh = new Map(rows.map((r) => [`| ${cell(r.name)} |`, md.split('\n').find((l) => l.startsWith(`| ${cell(r.name)} |`))!]));
+    const lines = readFileSync(out, 'utf8').split('\n').map((l) => {
+      const key = [...fresh.keys()].find((k) => l.startsWith(k));
+      if (key === undefined) return l;
+      const line = fresh.get(key)!;
+      fresh.delete(key);
+      return line;
+    });
+    let tableEnd = lines.length - 1;
+    while (tableEnd >= 0 && !lines[tableEnd]!.startsWith('|')) tableEnd--;
+    lines.splice(tableEnd + 1, 0, ...fresh.values());
+    writeFileSync(out, lines.join('\n'));
+    console.log(`(subset run: its rows in bench/RESULTS.md updated, the others kept)`);
+  }
 }
 
 main().catch((e) => {

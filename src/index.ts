@@ -53,3 +53,7 @@ export { ukifyRootfs } from './seal/ukify.js';
 export { diffDumpfiles, type DumpDifference } from './seal/dump-diff.js';
 export { buildUki, buildUkiDetailed, inspectUki, type UkiInputs, type UkiInfo } from './uki/uki.js';
 export { addSections, PeWriteError, type NewSection } from './pe/pe-writer.js';
+
+// install layer (in progress): disk formats written without mounts
+export { planGpt, writeGpt, readGpt, GPT_TYPE_ESP, GPT_TYPE_LINUX_ROOT_X86_64, GPT_TYPE_LINUX_FILESYSTEM, type GptLayout, type GptPartitionSpec } from './install/gpt.js';
+export { buildFat32Image, writeFat32Image, readFat32, fat32ImageToBuffer, type Fat32Image, type Fat32Options } from './install/fat.js';

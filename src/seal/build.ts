@@ -2,8 +2,9 @@
  * `bootcfs container build-sealed`: from an image reference to a sealed image, in one process, without
  * root, mounts or a container engine.
  *
- *  1. pull SOURCE into a repository (a throwaway insecure one in $TMPDIR unless the caller gives one);
- *  2. build the merged tree; read the kernel (`/usr/lib/modules/<kver>/vmlinuz`), the initramfs
+ *  1. stream SOURCE's layers once into the merged tree (src/seal/image-tree.ts: files measured, not stored;
+ *     only the boot inputs kept in memory) — no repository, nothing written but DEST;
+ *  2. from the tree, read the kernel (`/usr/lib/modules/<kver>/vmlinuz`), the initramfs
  *     (`initramfs.img` next to it), kargs (`/usr/lib/bootc/kargs.d/*.toml`), `/usr/lib/os-release`, the
  *     systemd stub and systemd-boot (from the image, else the host's systemd-boot-efi, else --stub/--systemd-boot);
  *  3. apply the bootable transform and compute the composefs digest (repository algorithm and format);
@@ -13,20 +14,20 @@
  *     `/boot/EFI/systemd/systemd-bootx64.efi` and `/boot/<kver>.dump` (the sealed tree's dumpfile, used by
  *     verify-sealed to explain mismatches). `/boot` keeps the metadata it has in SOURCE, so the bootable
  *     transform (which empties /boot) sees the same tree;
- *  6. pull DEST back and check that its bootable digest equals the one in the UKI — on every build.
+ *  6. read DEST back (manifest, config, the new layer blob) and check that SOURCE's tree plus that layer has
+ *     the bootable digest in the UKI — on every build.
  */
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { BootcfsError } from '../errors.js';
 import { fsverityDigest, type HashAlgorithm } from '../fsverity/index.js';
-import { Repository } from '../repository/repository.js';
 import type { ErofsFormatVersion } from '../repository/meta.js';
-import { buildImageTree, configDiffIds, resolveConfigStream, writeImageBytes } from '../oci/image.js';
-import { pullImage, type PullProgressEvent } from '../oci/pull.js';
-import { openImageSource } from '../oci/source.js';
+import type { PullProgressEvent } from '../oci/pull.js';
+import { writeImageBytes } from '../oci/image.js';
+import { openImageSource, openLayer } from '../oci/source.js';
+import { finishTree, loadImageTreeFrom, measuringHandler, type LoadedImage } from './image-tree.js';
 import { parseImageReference } from '../oci/reference.js';
 import { OciLayoutWriter, tarLayoutDirectory } from '../oci/layout-writer.js';
 import { writeTar, type TarFileEntry } from '../oci/tar-writer.js';
@@ -38,7 +39,7 @@ import { lookup, type FileSystem } from '../tree/model.js';
 import { composefsArg, kargsFromFiles, KARGS_D } from '../boot/kargs.js';
 import { buildUki } from '../uki/uki.js';
 import { signPe, verifyPe, type Signer } from '../authenticode/index.js';
-import { inodeContent, listTreeDir, readTreeFile } from './tree-files.js';
+import { listTreeDir, readTreeFile } from './tree-files.js';
 
 export const HOST_STUB = '/usr/lib/systemd/boot/efi/linuxx64.efi.stub';
 export const HOST_SYSTEMD_BOOT = '/usr/lib/systemd/boot/efi/systemd-bootx64.efi';
@@ -61,8 +62,6 @@ export interface BuildSealedOptions {
   /** Extra kernel arguments after kargs.d and composefs= */
   kargs?: string[];
   allowMissingVerity?: boolean;
-  /** Repository to pull into; default: a temporary insecure repository (removed afterwards). */
-  repo?: Repository;
   algorithm?: HashAlgorithm;
   format?: ErofsFormatVersion;
   /** kernel version directory under /usr/lib/modules (required when the image has several) */
@@ -102,7 +101,7 @@ export interface BootInputs {
   existingUkis: string[];
 }
 
-export async function readBootInputs(repo: Repository, fs: FileSystem, wantKver?: string): Promise<BootInputs> {
+export async function readBootInputs(read: ContentReader, fs: FileSystem, wantKver?: string): Promise<BootInputs> {
   const modules = listTreeDir(fs, '/usr/lib/modules').filter(([, i]) => i.isDir);
   const withKernel = modules.filter(([, dir]) => dir.entries?.get('vmlinuz')?.isReg);
   let kver: string;
@@ -115,21 +114,21 @@ export async function readBootInputs(repo: Repository, fs: FileSystem, wantKver?
     kver = withKernel[0]![0];
   }
   const moddir = `/usr/lib/modules/${kver}`;
-  const vmlinuz = (await readTreeFile(repo, fs, `${moddir}/vmlinuz`))!;
-  const initramfs = await readTreeFile(repo, fs, `${moddir}/initramfs.img`);
+  const vmlinuz = (await readTreeFile(read, fs, `${moddir}/vmlinuz`))!;
+  const initramfs = await readTreeFile(read, fs, `${moddir}/initramfs.img`);
   if (initramfs === undefined) throw new SealError(`the image has no ${moddir}/initramfs.img`);
   const kargFiles: Array<{ name: string; text: string }> = [];
   for (const [name, inode] of listTreeDir(fs, `/${KARGS_D}`)) {
     if (!inode.isReg || !name.endsWith('.toml')) continue;
-    kargFiles.push({ name: Buffer.from(name, 'latin1').toString('utf8'), text: (await inodeContent(repo, inode, name)).toString('utf8') });
+    kargFiles.push({ name: Buffer.from(name, 'latin1').toString('utf8'), text: (await read(inode, `/${KARGS_D}/${name}`)).toString('utf8') });
   }
   const kargs = await kargsFromFiles(kargFiles);
-  const osRelease = (await readTreeFile(repo, fs, '/usr/lib/os-release'))?.toString('utf8') ?? (await readTreeFile(repo, fs, '/etc/os-release'))?.toString('utf8');
+  const osRelease = (await readTreeFile(read, fs, '/usr/lib/os-release'))?.toString('utf8') ?? (await readTreeFile(read, fs, '/etc/os-release'))?.toString('utf8');
   const existingUkis = listTreeDir(fs, `/${SEALED_UKI_DIR}`).filter(([n, i]) => i.isReg && n.toLowerCase().endsWith('.efi')).map(([n]) => n);
   return {
     kver, vmlinuz, initramfs, kargs, osRelease, existingUkis,
-    stub: await readTreeFile(repo, fs, IMAGE_STUB),
-    systemdBoot: await readTreeFile(repo, fs, IMAGE_SYSTEMD_BOOT),
+    stub: await readTreeFile(read, fs, IMAGE_STUB),
+    systemdBoot: await readTreeFile(read, fs, IMAGE_SYSTEMD_BOOT),
   };
 }
 
@@ -142,35 +141,6 @@ export async function sealedDigest(fs: FileSystem, algorithm: HashAlgorithm, for
   return fsverityDigest(writeImageBytes(fs, format, algorithm), algorithm);
 }
 
-/** A ContentReader over a repository's objects. */
-export const repositoryReader = (repo: Repository): ContentReader => (inode, p) => inodeContent(repo, inode, p);
-
-/** Builds the image tree of a stored tag (OCI transform applied, not yet the bootable one). */
-export async function storedImageTree(repo: Repository, tag: string): Promise<FileSystem> {
-  return buildImageTree(repo, await configDiffIds(repo, await resolveConfigStream(repo, tag)));
-}
-
-/**
- * Runs `fn` with a throwaway insecure repository in $TMPDIR (removed afterwards) — how the build-time
- * verbs compute digests without root or fs-verity, as bootc does — or with the caller's repository.
- */
-export async function withTemporaryRepository<T>(
-  opts: { repo?: Repository; algorithm?: HashAlgorithm; format?: ErofsFormatVersion },
-  fn: (repo: Repository) => Promise<T>,
-): Promise<T> {
-  if (opts.repo) return fn(opts.repo);
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'bootcfs-'));
-  try {
-    const repo = await Repository.init(path.join(dir, 'repo'), { algorithm: opts.algorithm ?? 'sha512', erofsFormat: opts.format ?? 1, insecure: true });
-    try {
-      return await fn(repo);
-    } finally {
-      await repo.close();
-    }
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
-  }
-}
 
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -181,13 +151,15 @@ export async function buildSealed(sourceRef: string, destRef: string, opts: Buil
   }
   if (dest.transport === 'docker' && dest.digest !== undefined) throw new SealError('a destination cannot name a digest (the sealed manifest is new): give a tag');
   const step = (s: string): void => opts.onProgress?.({ kind: 'step', step: s });
-  return withTemporaryRepository(opts, async (repo) => {
-    const algorithm = repo.algorithm;
-    const format = repo.erofsFormat;
-    step('pull');
-    const pulled = await pullImage(repo, sourceRef, { tag: 'bootcfs-seal-source', registry: opts.registry, onProgress: opts.onProgress });
-    const tree = await storedImageTree(repo, 'bootcfs-seal-source');
-    const inputs = await readBootInputs(repo, tree, opts.kver);
+  const algorithm = opts.algorithm ?? 'sha512';
+  const format = opts.format ?? 1;
+  const source = await openImageSource(sourceRef, { registry: opts.registry });
+  try {
+    step('read');
+    const loaded = await loadImageTreeFrom(source, { algorithm });
+    const read = loaded.captured.reader();
+    const tree = loaded.tree;
+    const inputs = await readBootInputs(read, tree, opts.kver);
     if (inputs.existingUkis.length > 0) {
       throw new SealError(`the image already carries a UKI (/${SEALED_UKI_DIR}/${inputs.existingUkis.join(', ')}): it is sealed already`);
     }
@@ -200,7 +172,7 @@ export async function buildSealed(sourceRef: string, destRef: string, opts: Buil
     const sdboot = opts.systemdBootPath ? await fsp.readFile(opts.systemdBootPath) : inputs.systemdBoot ?? (await readHostFile(HOST_SYSTEMD_BOOT, 'systemd-boot (install systemd-boot-efi or pass --systemd-boot)'));
 
     step('digest');
-    const digest = await sealedDigest(tree, algorithm, format, repositoryReader(repo));
+    const digest = await sealedDigest(tree, algorithm, format, read);
     const digestHex = digest.toString('hex');
     const dump = writeDumpfile(tree);
     if (opts.writeDumpfileTo) await fsp.writeFile(opts.writeDumpfileTo, dump);
@@ -233,76 +205,107 @@ export async function buildSealed(sourceRef: string, destRef: string, opts: Buil
     const layerDigest = sha256(gz);
 
     step('write');
-    const source = await openImageSource(sourceRef, { registry: opts.registry });
-    try {
-      const man = await source.getManifest();
-      const cfg = await source.getConfig();
-      if (man.digest !== pulled.manifestDigest) throw new SealError(`${sourceRef} changed while it was being sealed (manifest ${man.digest}, pulled ${pulled.manifestDigest})`);
-      const config = JSON.parse(cfg.bytes.toString('utf8')) as Record<string, unknown> & { rootfs: { diff_ids: string[] }; history?: unknown[]; config?: Record<string, unknown> };
-      config.rootfs.diff_ids = [...config.rootfs.diff_ids, diffId];
-      if (Array.isArray(config.history)) {
-        config.history = [...config.history, { created: typeof config.created === 'string' ? config.created : '1970-01-01T00:00:00Z', created_by: 'bootcfs container build-sealed', comment: `sealed UKI ${composefsArg(digestHex, opts.allowMissingVerity ?? false)}` }];
-      }
-      const inner = (config.config ??= {}) as Record<string, unknown>;
-      inner.Labels = { ...((inner.Labels as Record<string, string> | null) ?? {}), [FSVERITY_LABEL]: `${algorithm}:${digestHex}` };
-      const configBytes = Buffer.from(JSON.stringify(config));
-      const manifest = JSON.parse(man.bytes.toString('utf8')) as { mediaType?: string; config: OciDescriptor; layers: OciDescriptor[] };
-      const docker = man.mediaType === 'application/vnd.docker.distribution.manifest.v2+json';
-      const configDesc = { ...manifest.config, digest: sha256(configBytes), size: configBytes.length };
-      const layerDesc: OciDescriptor = {
-        mediaType: docker ? 'application/vnd.docker.image.rootfs.diff.tar.gzip' : 'application/vnd.oci.image.layer.v1.tar+gzip',
-        digest: layerDigest,
-        size: gz.length,
-      };
-      const sourceLayers = manifest.layers;
-      manifest.config = configDesc;
-      manifest.layers = [...manifest.layers, layerDesc];
-      const manifestBytes = Buffer.from(JSON.stringify(manifest));
-      const manifestDesc: OciDescriptor = { mediaType: man.mediaType, digest: sha256(manifestBytes), size: manifestBytes.length };
-
-      const writeTo = async (dir: string, tag: string | undefined): Promise<void> => {
-        const w = await OciLayoutWriter.open(dir);
-        for (const l of sourceLayers) await w.putBlob(l, source.openBlob(l));
-        await w.putBlob(layerDesc, gz);
-        await w.putBlob(configDesc, configBytes);
-        await w.putBlob(manifestDesc, manifestBytes);
-        await w.addManifest(manifestDesc, tag);
-      };
-      if (dest.transport === 'oci') await writeTo(dest.path, dest.tag);
-      else if (dest.transport === 'docker') {
-        const client = new RegistryClient(dest.registry, opts.registry ?? {});
-        try {
-          for (const l of sourceLayers) await client.pushBlob(dest.repository, l, () => source.openBlob(l));
-          await client.pushBlob(dest.repository, layerDesc, () => gz);
-          await client.pushBlob(dest.repository, configDesc, () => configBytes);
-          await client.putManifest(dest.repository, dest.tag ?? 'latest', manifestBytes, man.mediaType);
-        } finally {
-          client.close();
-        }
-      } else {
-        const tmp = await fsp.mkdtemp(path.join(path.dirname(path.resolve(dest.path)), '.bootcfs-archive-'));
-        try {
-          await writeTo(tmp, dest.tag);
-          await tarLayoutDirectory(tmp, dest.path);
-        } finally {
-          await fsp.rm(tmp, { recursive: true, force: true });
-        }
-      }
-
-      step('check');
-      await pullImage(repo, destRef, { tag: 'bootcfs-seal-dest', registry: opts.registry });
-      const check = (await sealedDigest(await storedImageTree(repo, 'bootcfs-seal-dest'), algorithm, format, repositoryReader(repo))).toString('hex');
-      if (check !== digestHex) {
-        throw new SealError(`internal check failed: the written image's bootable digest ${check} differs from the sealed ${digestHex}`);
-      }
-      return {
-        digest: digestHex, algorithm, kver: inputs.kver, cmdline, ukiPath: `/${ukiRel}`, ukiSize: signedUki.length,
-        manifestDigest: manifestDesc.digest, configDigest: configDesc.digest, layerDigest, checkedDigest: check,
-      };
-    } finally {
-      await source.close();
+    const man = loaded.manifest;
+    const cfg = loaded.config;
+    const config = JSON.parse(cfg.bytes.toString('utf8')) as Record<string, unknown> & { rootfs: { diff_ids: string[] }; history?: unknown[]; config?: Record<string, unknown> };
+    const sourceDiffIds = [...config.rootfs.diff_ids];
+    config.rootfs.diff_ids = [...sourceDiffIds, diffId];
+    if (Array.isArray(config.history)) {
+      config.history = [...config.history, { created: typeof config.created === 'string' ? config.created : '1970-01-01T00:00:00Z', created_by: 'bootcfs container build-sealed', comment: `sealed UKI ${composefsArg(digestHex, opts.allowMissingVerity ?? false)}` }];
     }
-  });
+    const inner = (config.config ??= {}) as Record<string, unknown>;
+    inner.Labels = { ...((inner.Labels as Record<string, string> | null) ?? {}), [FSVERITY_LABEL]: `${algorithm}:${digestHex}` };
+    const configBytes = Buffer.from(JSON.stringify(config));
+    const manifest = JSON.parse(man.bytes.toString('utf8')) as { mediaType?: string; config: OciDescriptor; layers: OciDescriptor[] };
+    const docker = man.mediaType === 'application/vnd.docker.distribution.manifest.v2+json';
+    const configDesc = { ...manifest.config, digest: sha256(configBytes), size: configBytes.length };
+    const layerDesc: OciDescriptor = {
+      mediaType: docker ? 'application/vnd.docker.image.rootfs.diff.tar.gzip' : 'application/vnd.oci.image.layer.v1.tar+gzip',
+      digest: layerDigest,
+      size: gz.length,
+    };
+    const sourceLayers = manifest.layers;
+    manifest.config = configDesc;
+    manifest.layers = [...manifest.layers, layerDesc];
+    const manifestBytes = Buffer.from(JSON.stringify(manifest));
+    const manifestDesc: OciDescriptor = { mediaType: man.mediaType, digest: sha256(manifestBytes), size: manifestBytes.length };
+
+    const writeTo = async (dir: string, tag: string | undefined): Promise<void> => {
+      const w = await OciLayoutWriter.open(dir);
+      for (const l of sourceLayers) await w.putBlob(l, source.openBlob(l));
+      await w.putBlob(layerDesc, gz);
+      await w.putBlob(configDesc, configBytes);
+      await w.putBlob(manifestDesc, manifestBytes);
+      await w.addManifest(manifestDesc, tag);
+    };
+    if (dest.transport === 'oci') await writeTo(dest.path, dest.tag);
+    else if (dest.transport === 'docker') {
+      const client = new RegistryClient(dest.registry, opts.registry ?? {});
+      try {
+        for (const l of sourceLayers) await client.pushBlob(dest.repository, l, () => source.openBlob(l));
+        await client.pushBlob(dest.repository, layerDesc, () => gz);
+        await client.pushBlob(dest.repository, configDesc, () => configBytes);
+        await client.putManifest(dest.repository, dest.tag ?? 'latest', manifestBytes, man.mediaType);
+      } finally {
+        client.close();
+      }
+    } else {
+      const tmp = await fsp.mkdtemp(path.join(path.dirname(path.resolve(dest.path)), '.bootcfs-archive-'));
+      try {
+        await writeTo(tmp, dest.tag);
+        await tarLayoutDirectory(tmp, dest.path);
+      } finally {
+        await fsp.rm(tmp, { recursive: true, force: true });
+      }
+    }
+
+    step('check');
+    const check = await checkWrittenImage(destRef, opts.registry, { sourceLayers, sourceDiffIds, layerDigest, diffId, loaded, algorithm, format });
+    if (check !== digestHex) {
+      throw new SealError(`internal check failed: the written image's bootable digest ${check} differs from the sealed ${digestHex}`);
+    }
+    return {
+      digest: digestHex, algorithm, kver: inputs.kver, cmdline, ukiPath: `/${ukiRel}`, ukiSize: signedUki.length,
+      manifestDigest: manifestDesc.digest, configDigest: configDesc.digest, layerDigest, checkedDigest: check,
+    };
+  } finally {
+    await source.close();
+  }
+}
+
+/**
+ * Reads DEST back through its reference: its manifest must list SOURCE's layers plus exactly the new one,
+ * its config SOURCE's diff_ids plus the new one; the new layer blob is read from DEST (digest and diff_id
+ * verified) and applied on top of SOURCE's tree; returns the bootable digest of the result.
+ */
+async function checkWrittenImage(
+  destRef: string,
+  registry: RegistryOptions | undefined,
+  c: { sourceLayers: OciDescriptor[]; sourceDiffIds: string[]; layerDigest: string; diffId: string; loaded: LoadedImage; algorithm: HashAlgorithm; format: ErofsFormatVersion },
+): Promise<string> {
+  const dest = await openImageSource(destRef, { registry });
+  try {
+    const m = await dest.getManifest();
+    const cfg = await dest.getConfig();
+    const layers = m.manifest.layers;
+    const want = [...c.sourceLayers.map((l) => l.digest), c.layerDigest];
+    if (layers.length !== want.length || layers.some((l, i) => l.digest !== want[i])) {
+      throw new SealError(`internal check failed: ${destRef} does not list the source's layers plus the sealed one`);
+    }
+    const ids = cfg.config.rootfs.diff_ids;
+    const wantIds = [...c.sourceDiffIds, c.diffId];
+    if (ids.length !== wantIds.length || ids.some((d, i) => d !== wantIds[i])) {
+      throw new SealError(`internal check failed: the config of ${destRef} does not carry the source's diff_ids plus the sealed one`);
+    }
+    const captured = c.loaded.captured;
+    await c.loaded.builder.applyLayer(openLayer(dest, layers[layers.length - 1]!, { diffId: c.diffId }), {
+      external: measuringHandler(c.algorithm, captured, () => false),
+      layerName: 'sealed layer',
+    });
+    return (await sealedDigest(finishTree(c.loaded.builder), c.algorithm, c.format, captured.reader())).toString('hex');
+  } finally {
+    await dest.close();
+  }
 }
 
 /**

@@ -10,12 +10,12 @@ import * as path from 'node:path';
 import { BootcfsError } from '../errors.js';
 import type { HashAlgorithm } from '../fsverity/index.js';
 import type { ErofsFormatVersion } from '../repository/meta.js';
-import { pullImage } from '../oci/pull.js';
 import type { RegistryOptions } from '../oci/registry.js';
 import { readDirectoryForRepository } from '../oci/directory-image.js';
 import { writeDumpfile } from '../dumpfile/index.js';
 import type { FileSystem } from '../tree/model.js';
-import { repositoryReader, sealedDigest, storedImageTree, withTemporaryRepository } from './build.js';
+import { sealedDigest } from './build.js';
+import { loadImageTree } from './image-tree.js';
 import type { ContentReader } from '../oci/bootable.js';
 
 export interface ComputeDigestOptions {
@@ -38,10 +38,9 @@ async function finish(tree: FileSystem, algorithm: HashAlgorithm, format: ErofsF
 }
 
 export async function computeComposefsDigestOfImage(ref: string, opts: ComputeDigestOptions = {}): Promise<ComputedDigest> {
-  return withTemporaryRepository(opts, async (repo) => {
-    await pullImage(repo, ref, { tag: 'image', registry: opts.registry });
-    return finish(await storedImageTree(repo, 'image'), repo.algorithm, repo.erofsFormat, opts.dumpfile ?? false, repositoryReader(repo));
-  });
+  const algorithm = opts.algorithm ?? 'sha512';
+  const loaded = await loadImageTree(ref, { algorithm, registry: opts.registry });
+  return finish(loaded.tree, algorithm, opts.format ?? 1, opts.dumpfile ?? false, loaded.captured.reader());
 }
 
 export async function computeComposefsDigestOfDirectory(rootfs: string, opts: ComputeDigestOptions = {}): Promise<ComputedDigest> {

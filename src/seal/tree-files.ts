@@ -5,6 +5,7 @@
  */
 import { BootcfsError } from '../errors.js';
 import type { Repository } from '../repository/repository.js';
+import type { ContentReader } from '../oci/bootable.js';
 import { lookup, pathComponents, type ByteString, type FileSystem, type Inode } from '../tree/model.js';
 
 const MAX_SYMLINK_HOPS = 40;
@@ -41,10 +42,10 @@ export function resolveInTree(fs: FileSystem, path: ByteString): Inode | undefin
 }
 
 /** The content of a regular file of the tree, or undefined when the path does not name one. */
-export async function readTreeFile(repo: Repository, fs: FileSystem, path: ByteString): Promise<Buffer | undefined> {
+export async function readTreeFile(read: ContentReader, fs: FileSystem, path: ByteString): Promise<Buffer | undefined> {
   const inode = resolveInTree(fs, path);
   if (inode === undefined || !inode.isReg) return undefined;
-  return inodeContent(repo, inode, path);
+  return read(inode, path);
 }
 
 export async function inodeContent(repo: Repository, inode: Inode, path: ByteString): Promise<Buffer> {

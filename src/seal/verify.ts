@@ -8,16 +8,15 @@
  * tree's, entry by entry, and every differing path is named with the fields that differ.
  */
 import type { HashAlgorithm } from '../fsverity/index.js';
-import type { Repository } from '../repository/repository.js';
 import type { ErofsFormatVersion } from '../repository/meta.js';
-import { pullImage } from '../oci/pull.js';
 import type { RegistryOptions } from '../oci/registry.js';
 import { writeDumpfile, parseDumpfile } from '../dumpfile/index.js';
 import { composefsKarg } from '../boot/kargs.js';
 import { inspectUki } from '../uki/uki.js';
 import { verifyPe } from '../authenticode/index.js';
-import { inodeContent, listTreeDir, readTreeFile } from './tree-files.js';
-import { SEALED_SYSTEMD_BOOT, SEALED_UKI_DIR, repositoryReader, sealedDigest, storedImageTree, withTemporaryRepository } from './build.js';
+import { listTreeDir, readTreeFile } from './tree-files.js';
+import { loadImageTree } from './image-tree.js';
+import { SEALED_SYSTEMD_BOOT, SEALED_UKI_DIR, sealedDigest } from './build.js';
 import { diffDumpfiles, type DumpDifference } from './dump-diff.js';
 
 export interface SignatureReport {
@@ -55,7 +54,6 @@ export interface VerifySealedResult {
 
 export interface VerifySealedOptions {
   certificates?: Buffer[];
-  repo?: Repository;
   algorithm?: HashAlgorithm;
   format?: ErofsFormatVersion;
   registry?: RegistryOptions;
@@ -78,21 +76,24 @@ function signatureReport(pe: Buffer, certificates: Buffer[] | undefined): Signat
 }
 
 export async function verifySealed(sourceRef: string, opts: VerifySealedOptions = {}): Promise<VerifySealedResult> {
-  const run = async (repo: Repository): Promise<VerifySealedResult> => {
-    await pullImage(repo, sourceRef, { tag: 'bootcfs-verify', registry: opts.registry });
-    const tree = await storedImageTree(repo, 'bootcfs-verify');
+  const algorithm = opts.algorithm ?? 'sha512';
+  const format = opts.format ?? 1;
+  {
+    const loaded = await loadImageTree(sourceRef, { algorithm, registry: opts.registry });
+    const read = loaded.captured.reader();
+    const tree = loaded.tree;
     const problems: string[] = [];
     const warnings: string[] = [];
     const ukiFiles = listTreeDir(tree, `/${SEALED_UKI_DIR}`).filter(([n, i]) => i.isReg && n.toLowerCase().endsWith('.efi'));
     const ukiData: Array<{ name: string; data: Buffer }> = [];
-    for (const [name, inode] of ukiFiles) ukiData.push({ name, data: await inodeContent(repo, inode, name) });
-    const sdboot = await readTreeFile(repo, tree, `/${SEALED_SYSTEMD_BOOT}`);
+    for (const [name, inode] of ukiFiles) ukiData.push({ name, data: await read(inode, `/${SEALED_UKI_DIR}/${name}`) });
+    const sdboot = await readTreeFile(read, tree, `/${SEALED_SYSTEMD_BOOT}`);
     const dumps = new Map<string, Buffer>();
     for (const [name, inode] of listTreeDir(tree, '/boot')) {
-      if (inode.isReg && name.endsWith('.dump')) dumps.set(name.slice(0, -'.dump'.length), await inodeContent(repo, inode, name));
+      if (inode.isReg && name.endsWith('.dump')) dumps.set(name.slice(0, -'.dump'.length), await read(inode, `/boot/${name}`));
     }
 
-    const computed = (await sealedDigest(tree, repo.algorithm, repo.erofsFormat, repositoryReader(repo))).toString('hex');
+    const computed = (await sealedDigest(tree, algorithm, format, read)).toString('hex');
     const ukis: UkiReport[] = [];
     if (ukiData.length === 0) problems.push(`no UKI under /${SEALED_UKI_DIR}: the image is not sealed`);
     let mismatch: string | undefined;
@@ -142,7 +143,6 @@ export async function verifySealed(sourceRef: string, opts: VerifySealedOptions 
       }
     }
     const ok = problems.filter((p) => !p.startsWith('  ')).length === 0;
-    return { ok, algorithm: repo.algorithm, computedDigest: computed, ukis, systemdBoot, problems, warnings, differences };
-  };
-  return withTemporaryRepository(opts, run);
+    return { ok, algorithm, computedDigest: computed, ukis, systemdBoot, problems, warnings, differences };
+  }
 }

@@ -57,7 +57,7 @@ const subs: Record<string, Sub> = {
 
 Print the fs-verity digest (hex) of the composefs image the installer and the booted system compute for
 an image: OCI root transform, then the bootable transform (/boot and /sysroot emptied with pinned mtimes,
-SELinux labels from the image's policy). From an image reference (pulled into a throwaway repository;
+SELinux labels from the image's policy). From an image reference (layers streamed and measured, nothing stored;
 oci:, oci-archive:, docker-archive:, docker://) or from the same image unpacked into ROOTFS: both give the
 same digest.
 
@@ -134,8 +134,8 @@ systemd-boot, and write DEST = SOURCE plus one layer that adds only under /boot:
 for verify-sealed). DEST's bootable digest is recomputed after writing and must equal the sealed one.
 No root, no mounts, no container engine.
 
-SOURCE: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://REF. DEST: oci:DIR[:TAG] or
-oci-archive:FILE[:TAG].
+SOURCE: oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://REF. DEST: oci:DIR[:TAG],
+oci-archive:FILE[:TAG] or docker://REF (pushed).
 
 Options:
   --output DEST               the sealed image
