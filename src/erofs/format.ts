@@ -101,9 +101,7 @@ export function objectPathForDigest(digest: Uint8Array): string {
   return `${hex.slice(0, 2)}/${hex.slice(2)}`;
 }
 
-export function roundUp(x: number, a: number): number {
-  return Math.ceil(x / a) * a;
-}
+export { roundUp } from '../util/align.js';
 
 // ---------------------------------------------------------------- xxHash32 (the EROFS xattr name filter)
 const P1 = 0x9e3779b1;

@@ -62,9 +62,8 @@ export class PeWriteError extends BootcfsError {
   }
 }
 
-export function roundUp(x: number, align: number): number {
-  return Math.ceil(x / align) * align;
-}
+import { roundUp } from '../util/align.js';
+export { roundUp };
 
 /** Optional-header field offsets (same for PE32 and PE32+). */
 const OPT_SIZE_OF_INITIALIZED_DATA = 8;
