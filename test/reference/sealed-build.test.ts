@@ -231,3 +231,16 @@ test('build-sealed from and to a real registry (docker-registry on loopback); sk
     await reg.stop();
   }
 });
+
+test('build-sealed to an oci-archive: skopeo reads it and verify-sealed passes', () => {
+  const archive = path.join(work, 'sealed.tar');
+  const b = bootcfs(['container', 'build-sealed', img.ref, '--output', `oci-archive:${archive}:v1`, '--key', key, '--cert', cert, '--json']);
+  assert.equal(b.status, 0, b.stderr);
+  const res = JSON.parse(b.stdout) as { manifestDigest: string };
+  const s = run('/usr/bin/skopeo', ['inspect', '--raw', `oci-archive:${archive}:v1`]);
+  assert.equal(s.status, 0, s.stderr.toString());
+  assert.equal(`sha256:${createHash('sha256').update(s.stdout).digest('hex')}`, res.manifestDigest);
+  const v = bootcfs(['container', 'verify-sealed', `oci-archive:${archive}:v1`, '--cert', cert]);
+  assert.equal(v.status, 0, v.stdout + v.stderr);
+  assert.ok(!fs.readdirSync(work).some((n) => n.startsWith('.bootcfs-archive-')), 'the staging layout is removed');
+});
