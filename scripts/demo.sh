@@ -4,7 +4,7 @@
 # Usage: scripts/demo.sh [SOURCE_DIR]   (default: a small sample OS-like tree made here, reproducibly)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; fi
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then bash scripts/npm-ci.sh; fi
 npm run -s build
 out=${BOOTCFS_DEMO_OUT:-$(mktemp -d /tmp/bootcfs-demo.XXXXXX)}
 src=${1:-}

@@ -134,7 +134,7 @@ fi
 if [ "${SKIP_NPM:-0}" != 1 ]; then
   cd "$HERE"
   if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    say "npm ci"; npm ci --no-audit --no-fund --loglevel=error
+    say "npm ci"; bash scripts/npm-ci.sh
   fi
   say "npm run build"; npm run -s build
 fi

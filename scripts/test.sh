@@ -10,7 +10,7 @@ if [ "$(id -u)" = 0 ]; then
   bash scripts/install-deps.sh || { echo "test.sh: installing dependencies failed" >&2; exit 1; }
 else
   echo "test.sh: not root: dependencies are not installed, and the privileged and vm tiers will fail" >&2
-  [ -d node_modules ] || npm ci --no-audit --no-fund
+  [ -d node_modules ] || bash scripts/npm-ci.sh
   npm run -s build || exit 1
 fi
 npm run -s build || exit 1
