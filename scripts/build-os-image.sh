@@ -11,8 +11,10 @@
 #      plus bootcfs's dracut module, a systemd initramfs built by dracut at /usr/lib/modules/<kver>/initramfs.img,
 #      the kernel at /usr/lib/modules/<kver>/vmlinuz (bootc layout; Debian's /boot is emptied), an empty
 #      /sysroot, kargs.d (console=ttyS0 panic=-1 rd.shell=0 rw), demo files (/etc/bootcfs-demo.conf release=1).
-#   2. app   (key: dist/src, package.json, production node_modules, dracut/): bootcfs at /usr/lib/bootcfs,
-#      /usr/bin/bootcfs (runs it with Debian's node).
+#   2. app   (key: dist/src, package.json, production node_modules, dracut/, os-image/): bootcfs at
+#      /usr/lib/bootcfs, /usr/bin/bootcfs (runs it with Debian's node), the boot report service (os-image/:
+#      prints BOOTCFS-REPORT lines on the console at multi-user) and /usr/share/bootcfs-demo/canary.txt (a
+#      4.5 KiB file stored as an object: tests alter it to see fs-verity refuse it).
 #   3. v2 only: /usr/share/bootcfs-demo/v2 (new file) and /etc/bootcfs-demo.conf release=2 (changed /etc default).
 # Layers are uncompressed pax tars (GNU tar --xattrs --numeric-owner --sort=name, mtimes clamped to a fixed
 # epoch), so the same inputs give the same layer bytes; the mirror is taken from the host's apt sources.
@@ -59,7 +61,7 @@ prod_modules() { # top-level production node_modules (npm's view: transitive and
 }
 key_app() {
   [ -f "$REPO_ROOT/dist/src/cli/main.js" ] || { log "bootcfs is not built: run 'npx tsc -p tsconfig.json' first"; exit 2; }
-  { tree_hash dist/src package.json dracut; prod_modules | tr '\n' ' ' | sha; sha256sum < "${BASH_SOURCE[0]}"; } | sha
+  { tree_hash dist/src package.json dracut os-image; prod_modules | tr '\n' ' ' | sha; sha256sum < "${BASH_SOURCE[0]}"; } | sha
 }
 
 if [ "${1:-}" = --key ]; then { key_base; key_app; } | sha; exit 0; fi
@@ -161,8 +163,14 @@ if [ ! -f "$APP_TAR" ]; then
   prod_modules | while read -r m; do mkdir -p "$L/$(dirname "$m")"; cp -a "$REPO_ROOT/$m" "$L/$m"; done
   printf '#!/bin/sh\nexec /usr/bin/node /usr/lib/bootcfs/dist/src/cli/main.js "$@"\n' > "$A/usr/bin/bootcfs"
   chmod 755 "$A/usr/bin/bootcfs"
+  install -D -m 755 "$REPO_ROOT/os-image/bootcfs-boot-report.sh" "$L/os-image/bootcfs-boot-report"
+  U=$A/usr/lib/systemd/system
+  install -D -m 644 "$REPO_ROOT/os-image/bootcfs-boot-report.service" "$U/bootcfs-boot-report.service"
+  mkdir -p "$U/multi-user.target.wants" "$A/usr/share/bootcfs-demo"
+  ln -s ../bootcfs-boot-report.service "$U/multi-user.target.wants/bootcfs-boot-report.service"
+  seq 1 200 | sed 's/^/bootcfs canary line /' > "$A/usr/share/bootcfs-demo/canary.txt"
   chown -R 0:0 "$A"; chmod -R u+rwX,go+rX,go-w "$A"
-  (cd "$A" && "${TAR_CREATE[@]}" -f "$WORK/app.tar" usr/bin/bootcfs usr/lib/bootcfs)
+  (cd "$A" && "${TAR_CREATE[@]}" -f "$WORK/app.tar" usr/bin/bootcfs usr/lib/bootcfs usr/lib/systemd/system usr/share/bootcfs-demo/canary.txt)
   mv "$WORK/app.tar" "$APP_TAR"
   log "app layer: $(since "$t") s, $(mib "$APP_TAR")"
 fi

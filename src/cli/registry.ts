@@ -46,6 +46,10 @@ export const commands: Record<string, CommandEntry> = {
     summary: 'Authenticode digests, signing and verification of PE files',
     load: async () => (await import('./commands/authenticode.js')).authenticodeCommand,
   },
+  install: {
+    summary: 'install an image onto a disk (to-disk) or mounted filesystems (to-filesystem); check a disk',
+    load: async () => (await import('./commands/install.js')).command,
+  },
   keys: {
     summary: 'Secure Boot keys: generate PK/KEK/db, signature lists and signed updates',
     load: async () => (await import('./commands/keys.js')).command,

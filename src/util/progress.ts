@@ -96,6 +96,15 @@ export class ProgressReporter {
     if (this.out && !this.closed) this.out.write(`${JSON.stringify(ev)}\n`);
   }
 
+  /** A named phase of a longer operation (install: pull, deployment, mkfs, esp): `{"type":"step","step",...,"ts"}`. */
+  step(step: string): void {
+    if (this.out && !this.closed) this.out.write(`${JSON.stringify({ type: 'step', step, ts: this.now() })}\n`);
+    if (this.tty && !this.closed) {
+      this.drawnLines = 0;
+      this.tty.write(`${step}...\n`);
+    }
+  }
+
   layerStart(digest: string, total: number): void {
     this.layers.set(digest, { digest, total, bytes: 0, lastEmit: 0, done: false, skipped: false });
     this.emit({ type: 'layer-start', digest, bytes: 0, total, ts: this.now() });
