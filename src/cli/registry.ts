@@ -46,6 +46,10 @@ export const commands: Record<string, CommandEntry> = {
     summary: 'Authenticode digests, signing and verification of PE files',
     load: async () => (await import('./commands/authenticode.js')).authenticodeCommand,
   },
+  status: {
+    summary: 'show the booted, staged and rollback deployments (bootc status)',
+    load: async () => (await import('./commands/status.js')).command,
+  },
   install: {
     summary: 'install an image onto a disk (to-disk) or mounted filesystems (to-filesystem); check a disk',
     load: async () => (await import('./commands/install.js')).command,
