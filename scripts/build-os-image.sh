@@ -114,7 +114,7 @@ if [ ! -f "$BASE_TAR" ]; then
   KVER=$(ls "$R/usr/lib/modules")
   [ "$(printf '%s\n' "$KVER" | wc -l)" = 1 ] || { log "expected one kernel, found: $KVER"; exit 1; }
   install -d -m 755 "$R/usr/lib/dracut/modules.d/90bootcfs"
-  install -m 755 "$DRACUT_MODULE/module-setup.sh" "$DRACUT_MODULE/bootcfs-setup-root.sh" "$R/usr/lib/dracut/modules.d/90bootcfs/"
+  install -m 755 "$DRACUT_MODULE/module-setup.sh" "$DRACUT_MODULE/bootcfs-setup-root.sh" "$DRACUT_MODULE/bootcfs-verity-enable.pl" "$R/usr/lib/dracut/modules.d/90bootcfs/"
   install -m 644 "$DRACUT_MODULE/bootcfs-lib.sh" "$DRACUT_MODULE/bootcfs-setup-root.service" "$R/usr/lib/dracut/modules.d/90bootcfs/"
   install -d -m 755 "$R/etc/dracut.conf.d"
   cat > "$R/etc/dracut.conf.d/90-bootcfs.conf" <<'EOF'

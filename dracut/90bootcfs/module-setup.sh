@@ -4,7 +4,9 @@
 
 # only when asked for (it changes what the root filesystem is)
 check() {
-    require_binaries fsverity mount umount mountpoint find xargs || return 1
+    # perl (Debian's perl-base, Essential) runs bootcfs-verity-enable: first-boot fs-verity in one process
+    require_binaries fsverity mount umount mountpoint find perl || return 1
+    [ -f "$moddir/bootcfs-verity-enable.pl" ] || { derror "bootcfs: $moddir/bootcfs-verity-enable.pl is missing"; return 1; }
     return 255
 }
 
@@ -18,9 +20,11 @@ installkernel() {
 }
 
 install() {
-    inst_multiple fsverity mount umount mountpoint find xargs cat mkdir rm sync
+    # perl: only the interpreter and its shared libraries (bootcfs-verity-enable uses no perl modules)
+    inst_multiple fsverity mount umount mountpoint find perl cat mkdir rm sync
     inst_simple "$moddir/bootcfs-lib.sh" /usr/lib/bootcfs/bootcfs-lib.sh
     inst_script "$moddir/bootcfs-setup-root.sh" /usr/lib/bootcfs/bootcfs-setup-root
+    inst_script "$moddir/bootcfs-verity-enable.pl" /usr/lib/bootcfs/bootcfs-verity-enable
     inst_simple "$moddir/bootcfs-setup-root.service" "$systemdsystemunitdir/bootcfs-setup-root.service"
     $SYSTEMCTL -q --root "$initdir" enable bootcfs-setup-root.service
 }

@@ -6,10 +6,9 @@
  *
  * 1. A root partition without a composefs repository: setup-root runs, fails with its FATAL line, and the
  *    machine stops (reboot → QEMU exits with -no-reboot) without offering any shell.
- * 2. A root partition holding the image in a composefs repository + deployment state, booted with
- *    composefs=?<digest> (this host cannot enable fs-verity): setup-root mounts it and systemd reaches the
- *    login prompt.
- * 3. First boot with composefs/.verity-pending (the installer's kernel could not enable fs-verity), sealed
+ *    (Booting the whole demo image from a disk made by `bootcfs install to-disk`, sealed and unsealed, is
+ *    test/vm/install-boot.test.ts.)
+ * 2. First boot with composefs/.verity-pending (the installer's kernel could not enable fs-verity), sealed
  *    composefs=<digest>, a small tree: setup-root enables verity on every object, checks each against its
  *    name and mounts with verity=require; with one object altered before the boot it refuses (FATAL).
  */
@@ -108,28 +107,6 @@ test('os image: a sealed UKI from the demo image boots its dracut initramfs; set
   assert.doesNotMatch(r.serial, /bootcfs-setup-root: done/);
 });
 
-test('os image: composefs=? root from a repository on the DPS root partition reaches the login prompt', { timeout: 40 * 60_000 }, async () => {
-  if (!isRoot) assert.fail('this test needs root (the OS image build chroots, as CI runs)');
-  const s = sealedImage('insecure');
-  assert.match(s.cmdline, new RegExp(`(^| )composefs=\\?${s.digest}( |$)`));
-  const stage = path.join(work, 'root-stage');
-  await fsp.mkdir(stage, { recursive: true });
-  const t0 = Date.now();
-  const digest = await stageComposefsRoot(stage, s.ref, path.join(work, 'insecure', 'sealed'), 'sealed');
-  assert.equal(digest, s.digest, 'the repository\'s bootable image is the one the UKI names');
-  const rootImg = path.join(work, 'root.img');
-  makeRootFilesystem(stage, rootImg, 1400);
-  console.log(`# root filesystem staged in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  const login = /bootcfs-demo login:/;
-  const r = await bootDisk('composefs-root', s, rootImg, 1400, new RegExp(`${login.source}|${SHELL_OFFERED.source}`), 10 * 60_000);
-  const tail = r.serial.split('\n').slice(-60).join('\n');
-  console.log(`# composefs-root boot: login prompt after ${(r.durationMs / 1000).toFixed(1)} s (QEMU start); setup-root done at ${at(r.serial, /bootcfs-setup-root: done/)}`);
-  assert.doesNotMatch(r.serial, FATAL, tail);
-  assert.match(r.serial, new RegExp(`bootcfs-setup-root: done .* / = composefs:${s.digest}`), tail);
-  assert.match(r.serial, login, `no login prompt:\n${tail}`);
-  assert.doesNotMatch(r.serial, SHELL_OFFERED, tail);
-});
-
 /** A small tree (many small objects) whose sealed UKI uses the demo image's kernel and initramfs. */
 async function smallSealedRoot(name: string, tamper: boolean): Promise<{ stage: string; uki: string; systemdBoot: string; digest: string; objects: number }> {
   const img = osImage();
@@ -181,6 +158,21 @@ async function smallSealedRoot(name: string, tamper: boolean): Promise<{ stage: 
   return { stage, uki, systemdBoot: sealedImage('sealed').systemdBoot, digest, objects };
 }
 
+/** ext4 inode flags of FILE in the root partition (GPT partition 2) of DISK, or undefined when FILE does not exist (debugfs). */
+function rootFileFlags(disk: string, file: string): number | undefined {
+  const info = run('sgdisk', ['-i', '2', disk]);
+  assert.equal(info.status, 0, info.stderr.toString());
+  const start = /First sector: (\d+)/.exec(info.stdout.toString())?.[1];
+  assert.ok(start, info.stdout.toString());
+  const part = `${disk}.root-after-boot`;
+  const dd = run('dd', [`if=${disk}`, `of=${part}`, 'bs=512', `skip=${start}`, 'count=131072', 'status=none']);
+  assert.equal(dd.status, 0, dd.stderr.toString());
+  const st = run('debugfs', ['-R', `stat ${file}`, part]);
+  const flags = /Flags: (0x[0-9a-f]+)/.exec(st.stdout.toString())?.[1];
+  return flags === undefined ? undefined : Number(flags);
+}
+const EXT4_VERITY_FL = 0x100000;
+
 test('os image: first boot with .verity-pending enables and checks fs-verity on every object; an altered object is refused', { timeout: 40 * 60_000 }, async () => {
   if (!isRoot) assert.fail('this test needs root (the OS image build chroots, as CI runs)');
   for (const tamper of [false, true]) {
@@ -198,10 +190,16 @@ test('os image: first boot with .verity-pending enables and checks fs-verity on 
       assert.ok(Number(first[1]) >= r0.objects, `every object (${r0.objects} files + the image) had verity enabled`);
       assert.doesNotMatch(r.serial, FATAL, tail);
       assert.match(r.serial, new RegExp(`bootcfs-setup-root: done .* / = composefs:${r0.digest}`), tail);
+      // on the disk after the boot: meta.json has fs-verity (the repository is secure now), the marker is gone
+      const disk = path.join(work, `${name}-disk.img`);
+      const metaFlags = rootFileFlags(disk, '/composefs/meta.json');
+      assert.ok(metaFlags !== undefined && (metaFlags & EXT4_VERITY_FL) !== 0, `meta.json has fs-verity after the first boot (flags ${metaFlags?.toString(16)})`);
+      assert.equal(rootFileFlags(disk, '/composefs/.verity-pending'), undefined, '.verity-pending was removed');
     } else {
       const fatal = FATAL.exec(r.serial);
       assert.ok(fatal, `no FATAL line:\n${tail}`);
       assert.match(fatal[1]!, /does not match its name/, fatal[1]);
+      assert.notEqual(rootFileFlags(path.join(work, `${name}-disk.img`), '/composefs/.verity-pending'), undefined, 'a refused first boot keeps .verity-pending');
       console.log(`# ${name}: refused: ${fatal[1]!.slice(0, 160)}`);
     }
   }
