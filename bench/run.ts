@@ -18,6 +18,7 @@ const suites: Suite[] = [
   { name: 'oci-import', load: () => import('./oci-import.js') },
   { name: 'oci-memory', load: () => import('./oci-memory.js') },
   { name: 'build-sealed', load: () => import('./build-sealed.js') },
+  { name: 'install', load: () => import('./install.js') },
 ];
 
 /** A table cell: pipes would split the Markdown cell. */

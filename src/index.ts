@@ -54,6 +54,13 @@ export { diffDumpfiles, type DumpDifference } from './seal/dump-diff.js';
 export { buildUki, buildUkiDetailed, inspectUki, type UkiInputs, type UkiInfo } from './uki/uki.js';
 export { addSections, PeWriteError, type NewSection } from './pe/pe-writer.js';
 
-// install layer (in progress): disk formats written without mounts
+// install layer: disk formats written without mounts, install to-disk / to-filesystem
+export { installToDisk, installToFilesystem, checkInstalledDisk, verityWorksIn, type InstallToDiskOptions, type InstallToFilesystemOptions, type InstallResult, type DiskCheck } from './install/install.js';
+export { writeDeployment, InstallError, VERITY_PENDING, type DeployOptions, type PreparedDeployment, type VerityMode } from './install/deployment.js';
+export { materializeTree, type MaterializeStats } from './install/materialize.js';
+export { parseOrigin, writeOrigin, originFileName, type DeploymentOrigin, type BootType } from './boot/origin.js';
+// deploy layer: status, /etc merge
+export { readHostStatus, formatJson, formatYaml, formatHumanReadable, filterToBooted, type BootcHost } from './deploy/status.js';
+export { planEtcMerge, applyEtcMerge, assertNoEtcConflicts, formatLocalChanges, EtcMergeConflictError } from './deploy/etc-merge.js';
 export { planGpt, writeGpt, readGpt, GPT_TYPE_ESP, GPT_TYPE_LINUX_ROOT_X86_64, GPT_TYPE_LINUX_FILESYSTEM, type GptLayout, type GptPartitionSpec } from './install/gpt.js';
 export { buildFat32Image, writeFat32Image, readFat32, fat32ImageToBuffer, type Fat32Image, type Fat32Options } from './install/fat.js';
