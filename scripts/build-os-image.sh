@@ -61,7 +61,7 @@ prod_modules() { # top-level production node_modules (npm's view: transitive and
 }
 key_app() {
   [ -f "$REPO_ROOT/dist/src/cli/main.js" ] || { log "bootcfs is not built: run 'npx tsc -p tsconfig.json' first"; exit 2; }
-  { tree_hash dist/src package.json dracut os-image; prod_modules | tr '\n' ' ' | sha; sha256sum < "${BASH_SOURCE[0]}"; } | sha
+  { tree_hash dist/src package.json dracut os-image systemd; prod_modules | tr '\n' ' ' | sha; sha256sum < "${BASH_SOURCE[0]}"; } | sha
 }
 
 if [ "${1:-}" = --key ]; then { key_base; key_app; } | sha; exit 0; fi
@@ -168,6 +168,10 @@ if [ ! -f "$APP_TAR" ]; then
   install -D -m 644 "$REPO_ROOT/os-image/bootcfs-boot-report.service" "$U/bootcfs-boot-report.service"
   mkdir -p "$U/multi-user.target.wants" "$A/usr/share/bootcfs-demo"
   ln -s ../bootcfs-boot-report.service "$U/multi-user.target.wants/bootcfs-boot-report.service"
+  for u in bootcfs-finalize-staged.service bootcfs-fetch-apply-updates.service bootcfs-fetch-apply-updates.timer; do
+    install -m 644 "$REPO_ROOT/systemd/$u" "$U/$u"
+  done
+  ln -s ../bootcfs-finalize-staged.service "$U/multi-user.target.wants/bootcfs-finalize-staged.service"
   seq 1 200 | sed 's/^/bootcfs canary line /' > "$A/usr/share/bootcfs-demo/canary.txt"
   chown -R 0:0 "$A"; chmod -R u+rwX,go+rX,go-w "$A"
   (cd "$A" && "${TAR_CREATE[@]}" -f "$WORK/app.tar" usr/bin/bootcfs usr/lib/bootcfs usr/lib/systemd/system usr/share/bootcfs-demo/canary.txt)

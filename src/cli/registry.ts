@@ -50,6 +50,34 @@ export const commands: Record<string, CommandEntry> = {
     summary: 'show the booted, staged and rollback deployments (bootc status)',
     load: async () => (await import('./commands/status.js')).command,
   },
+  upgrade: {
+    summary: 'pull the newest version of the booted image and stage it (bootc upgrade)',
+    load: async () => (await import('./commands/upgrade.js')).command,
+  },
+  update: {
+    summary: 'alias of upgrade',
+    load: async () => (await import('./commands/upgrade.js')).command,
+  },
+  switch: {
+    summary: 'stage another image for the next boot (bootc switch)',
+    load: async () => (await import('./commands/switch.js')).command,
+  },
+  rollback: {
+    summary: 'make the previous deployment the default (bootc rollback)',
+    load: async () => (await import('./commands/rollback.js')).command,
+  },
+  'composefs-finalize-staged': {
+    summary: 'merge /etc and activate the staged deployment (run at shutdown)',
+    load: async () => (await import('./commands/finalize.js')).command,
+  },
+  'delete-deployment': {
+    summary: 'remove a deployment that is not booted',
+    load: async () => (await import('./commands/delete-deployment.js')).command,
+  },
+  internals: {
+    summary: 'internals gc [--dry-run] and internals fsck of deployments, boot entries and the repository',
+    load: async () => (await import('./commands/internals.js')).command,
+  },
   install: {
     summary: 'install an image onto a disk (to-disk) or mounted filesystems (to-filesystem); check a disk',
     load: async () => (await import('./commands/install.js')).command,

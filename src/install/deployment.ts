@@ -29,13 +29,13 @@ import path from 'node:path';
 import { BootcfsError } from '../errors.js';
 import { composefsArg, composefsKarg, splitCmdline } from '../boot/kargs.js';
 import { entryFileName, sortKey, type1Dir, UKI_DIR, ukiFileName, writeBlsEntry, type BlsEntry } from '../boot/bls.js';
-import { originFileName, writeOrigin, type BootType } from '../boot/origin.js';
+import { originFileName, writeOrigin, type BootType, type DeploymentOrigin } from '../boot/origin.js';
 import type { HashAlgorithm } from '../fsverity/digest.js';
 import type { ContentReader } from '../oci/bootable.js';
 import { buildImageTree, configDiffIds, repositoryContentReader } from '../oci/image.js';
 import { pullImage, type PullProgressEvent, type LayerBytesEvent } from '../oci/pull.js';
 import type { RegistryOptions } from '../oci/registry.js';
-import { parsePe } from '../pe/pe.js';
+import { findSection, parsePe, sectionData } from '../pe/pe.js';
 import { newRepoMeta, serializeRepoMeta, type ErofsFormatVersion } from '../repository/meta.js';
 import { Repository, META_FILE } from '../repository/repository.js';
 import { readBootInputs, SEALED_SYSTEMD_BOOT, SEALED_UKI_DIR } from '../seal/build.js';
@@ -119,12 +119,10 @@ function parseOsRelease(text: string | undefined): OsRelease {
   return { id: kv.get('ID') || 'bootc', versionId: kv.get('VERSION_ID') || kv.get('IMAGE_VERSION') || undefined, prettyName: kv.get('PRETTY_NAME') || kv.get('NAME') || undefined };
 }
 
-/** Content of a PE section (min(VirtualSize, SizeOfRawData) bytes), or undefined. */
+/** Content of a PE section as the loader sees it, or undefined. */
 function peSection(pe: Buffer, name: string): Buffer | undefined {
-  const s = parsePe(pe).sections.find((x) => x.name === name);
-  if (!s) return undefined;
-  const size = Math.min(s.virtualSize, s.sizeOfRawData);
-  return pe.subarray(s.pointerToRawData, s.pointerToRawData + size);
+  const s = findSection(parsePe(pe), name);
+  return s && sectionData(pe, s);
 }
 
 const sha256 = (...parts: Buffer[]): string => {
@@ -171,86 +169,21 @@ export async function writeDeployment(root: string, opts: DeployOptions): Promis
     const digest = pulled.bootImageId!.toString('hex');
     const fromRepo = repositoryContentReader(repo);
     const read: ContentReader = async (inode, p) => inode.content ?? (inode.size === 0 ? Buffer.alloc(0) : fromRepo(inode, p));
-    const readFile = async (p: string): Promise<Buffer | undefined> => readTreeFile(read, tree, p);
-    const inputs = await readBootInputs(read, tree, opts.kver);
-    const ukiNames = listTreeDir(tree, `/${SEALED_UKI_DIR}`).filter(([n, i]) => i.isReg && n.toLowerCase().endsWith('.efi')).map(([n]) => n);
-    const wanted = ukiNames.includes(`${inputs.kver}.efi`) ? `${inputs.kver}.efi` : ukiNames.length === 1 ? ukiNames[0] : undefined;
-    if (ukiNames.length > 1 && wanted === undefined) throw new InstallError(`the image has several UKIs in /${SEALED_UKI_DIR} (${ukiNames.join(', ')}) and none for kernel ${inputs.kver}`);
-    const esp: EspFile[] = [];
-    let sd: Buffer | undefined;
-    for (const c of IMAGE_SYSTEMD_BOOT_CANDIDATES) if ((sd = await readFile(c)) !== undefined) break;
-    if (sd === undefined) throw new InstallError(`the image has no systemd-boot (${IMAGE_SYSTEMD_BOOT_CANDIDATES.join(', ')}); install systemd-boot-efi in the image`);
-    esp.push({ path: 'EFI/BOOT/BOOTX64.EFI', data: sd }, { path: 'EFI/systemd/systemd-bootx64.efi', data: sd });
-    esp.push({ path: 'loader/loader.conf', data: Buffer.from(`timeout ${opts.bootTimeout ?? 5}\n`) });
-
-    let bootType: BootType;
-    let cmdline: string;
-    let bootDigest: string;
-    let osr: OsRelease;
-    const entry: BlsEntry = { initrd: [], options: [], extra: [] };
-    if (wanted !== undefined) {
-      bootType = 'uki';
-      const uki = (await readFile(`/${SEALED_UKI_DIR}/${wanted}`))!;
-      const cmd = peSection(uki, '.cmdline');
-      if (cmd === undefined) throw new InstallError(`/${SEALED_UKI_DIR}/${wanted} has no .cmdline section: not a sealed UKI`);
-      cmdline = cmd.toString('utf8').replace(/\0+$/, '').trim();
-      const k = composefsKarg(cmdline);
-      if (k === undefined) throw new InstallError(`the UKI /${SEALED_UKI_DIR}/${wanted} has no composefs= argument: not sealed for composefs`);
-      if (k.digest !== digest) {
-        throw new InstallError(`the UKI in the image names composefs=${k.digest}, but this image's bootable composefs digest is ${digest} (${algorithm}, EROFS v${erofsFormat}): the image was changed after sealing, or sealed with another algorithm/format`);
-      }
-      if (k.verityOptional && verity !== 'none') throw new InstallError('the UKI says composefs=? (fs-verity optional): install it with --allow-missing-verity');
-      if (!k.verityOptional && verity === 'none') throw new InstallError('the UKI is sealed (composefs= requires fs-verity): --allow-missing-verity cannot apply to it');
-      if ((opts.kargs ?? []).length > 0) throw new InstallError('--karg cannot change a sealed UKI: its command line is signed (add kargs when building it)');
-      const linux = peSection(uki, '.linux');
-      if (linux === undefined) throw new InstallError(`the UKI /${SEALED_UKI_DIR}/${wanted} has no .linux section`);
-      bootDigest = sha256(linux, peSection(uki, '.initrd') ?? Buffer.alloc(0));
-      osr = parseOsRelease(peSection(uki, '.osrel')?.toString('utf8') ?? inputs.osRelease);
-      esp.push({ path: `${UKI_DIR}/${ukiFileName(digest)}`, data: uki });
-      entry.efi = `/${UKI_DIR}/${ukiFileName(digest)}`;
-    } else {
-      bootType = 'bls';
-      if (opts.rootUuid === undefined) throw new InstallError('a Type 1 (BLS) entry needs the root filesystem UUID');
-      const args = [`root=UUID=${opts.rootUuid}`, 'rw', composefsArg(digest, verity === 'none'), ...inputs.kargs, ...(opts.kargs ?? [])];
-      for (const a of args) if (/\s/.test(a) || a === '') throw new InstallError(`kernel argument ${JSON.stringify(a)} is empty or contains blanks`);
-      cmdline = [...new Set(args)].join(' ');
-      // a --karg composefs= would override ours (the last one wins): refuse
-      if (composefsKarg(splitCmdline(cmdline))?.digest !== digest) throw new InstallError('a --karg composefs= would override the deployment digest');
-      bootDigest = sha256(inputs.vmlinuz, inputs.initramfs);
-      osr = parseOsRelease(inputs.osRelease);
-      const dir = `EFI/Linux/${type1Dir(digest)}`;
-      esp.push({ path: `${dir}/vmlinuz`, data: inputs.vmlinuz }, { path: `${dir}/initrd`, data: inputs.initramfs });
-      entry.linux = `/${dir}/vmlinuz`;
-      entry.initrd = [`/${dir}/initrd`];
-      entry.options = [cmdline];
-    }
-    const version = osr.versionId ?? digest;
-    entry.title = osr.prettyName ?? digest;
-    entry.version = version;
-    entry.sortKey = sortKey(osr.id, true);
-    const entryPath = `loader/entries/${entryFileName(osr.id, version, true)}`;
-    esp.push({ path: entryPath, data: Buffer.from(writeBlsEntry(entry)) });
+    const boot = await prepareBootFiles({
+      tree, read, digest, algorithm, erofsFormat, verity, kver: opts.kver, bootTimeout: opts.bootTimeout, extraKargs: opts.kargs ?? [],
+      typeOneArgs: (imageKargs) => {
+        if (opts.rootUuid === undefined) throw new InstallError('a Type 1 (BLS) entry needs the root filesystem UUID');
+        return [`root=UUID=${opts.rootUuid}`, 'rw', composefsArg(digest, verity === 'none'), ...imageKargs, ...(opts.kargs ?? [])];
+      },
+    });
 
     // 2. deployment state: etc/ (copy of the image's /etc), var -> shared /var, origin
-    const deploy = path.join(root, STATE_DEPLOY, digest);
-    const etcInode = resolveInTree(tree, '/etc');
-    if (!etcInode?.isDir) throw new InstallError('the image has no /etc directory');
-    etc = await materializeTree(etcInode, path.join(deploy, 'etc'), read);
-    const varDir = path.join(root, STATE_VAR);
-    if (!(await exists(varDir))) {
-      const varInode = resolveInTree(tree, '/var');
-      if (varInode?.isDir) await materializeTree(varInode, varDir, read);
-      else await fsp.mkdir(varDir, { recursive: true, mode: 0o755 });
-    }
-    await fsp.symlink('../../os/default/var', path.join(deploy, 'var'));
-    const origin = writeOrigin({ imageReference: opts.source, bootType, bootDigest, manifestDigest: pulled.manifestDigest, extra: [] });
-    await writeFileAtomic(path.join(deploy, originFileName(digest)), Buffer.from(origin), { mode: 0o644 });
-    await fsyncDir(path.join(root, STATE_DEPLOY));
+    etc = await writeDeploymentState(root, digest, tree, read, { imageReference: opts.source, bootType: boot.bootType, bootDigest: boot.bootDigest, manifestDigest: pulled.manifestDigest, extra: [] });
     lap('state');
 
     prepared = {
-      digest, algorithm, bootType, verity, manifestDigest: pulled.manifestDigest, configDigest: pulled.configDigest,
-      kver: inputs.kver, osId: osr.id, version, cmdline, espFiles: esp, entryPath,
+      digest, algorithm, bootType: boot.bootType, verity, manifestDigest: pulled.manifestDigest, configDigest: pulled.configDigest,
+      kver: boot.kver, osId: boot.osId, version: boot.version, cmdline: boot.cmdline, espFiles: boot.espFiles, entryPath: boot.entryPath,
     };
   } finally {
     await repo.close();
@@ -261,6 +194,129 @@ export async function writeDeployment(root: string, opts: DeployOptions): Promis
     await writeFileAtomic(path.join(repoPath, VERITY_PENDING), Buffer.from('fs-verity is enabled on every object by bootcfs setup-root on first boot\n'), { mode: 0o644 });
   }
   return { ...prepared, etc, timings };
+}
+
+export interface BootFilesOptions {
+  /** The image as pulled (before the bootable transform). */
+  tree: FileSystem;
+  read: ContentReader;
+  /** The bootable composefs digest (hex). */
+  digest: string;
+  algorithm: HashAlgorithm;
+  erofsFormat: ErofsFormatVersion;
+  verity: VerityMode;
+  kver?: string;
+  bootTimeout?: number;
+  /** Extra kernel arguments the caller asked for (refused for a sealed UKI). */
+  extraKargs: readonly string[];
+  /** The Type 1 command line, given the image's kargs.d arguments (called only for Type 1). */
+  typeOneArgs: (imageKargs: string[]) => string[];
+}
+
+export interface BootFiles {
+  bootType: BootType;
+  /** SHA-256 hex of kernel ‖ initrd (UKI: its .linux ‖ .initrd sections). */
+  bootDigest: string;
+  cmdline: string;
+  kver: string;
+  osId: string;
+  version: string;
+  /** The image's kargs.d arguments. */
+  imageKargs: string[];
+  /** Files for the ESP (systemd-boot, loader.conf, kernel+initrd or UKI), the primary BLS entry last. */
+  espFiles: EspFile[];
+  /** The primary entry (sort-key `-0`), also serialized as the last of espFiles at entryPath. */
+  entry: BlsEntry;
+  entryPath: string;
+}
+
+/**
+ * What the ESP needs to boot the deployment `digest` of image `tree`: systemd-boot, loader.conf, the
+ * sealed UKI (checked against `digest`) or kernel + initrd, and its primary BLS entry.
+ */
+export async function prepareBootFiles(o: BootFilesOptions): Promise<BootFiles> {
+  const { tree, read, digest, algorithm, erofsFormat, verity } = o;
+  const readFile = async (p: string): Promise<Buffer | undefined> => readTreeFile(read, tree, p);
+  const inputs = await readBootInputs(read, tree, o.kver);
+  const ukiNames = listTreeDir(tree, `/${SEALED_UKI_DIR}`).filter(([n, i]) => i.isReg && n.toLowerCase().endsWith('.efi')).map(([n]) => n);
+  const wanted = ukiNames.includes(`${inputs.kver}.efi`) ? `${inputs.kver}.efi` : ukiNames.length === 1 ? ukiNames[0] : undefined;
+  if (ukiNames.length > 1 && wanted === undefined) throw new InstallError(`the image has several UKIs in /${SEALED_UKI_DIR} (${ukiNames.join(', ')}) and none for kernel ${inputs.kver}`);
+  const esp: EspFile[] = [];
+  let sd: Buffer | undefined;
+  for (const c of IMAGE_SYSTEMD_BOOT_CANDIDATES) if ((sd = await readFile(c)) !== undefined) break;
+  if (sd === undefined) throw new InstallError(`the image has no systemd-boot (${IMAGE_SYSTEMD_BOOT_CANDIDATES.join(', ')}); install systemd-boot-efi in the image`);
+  esp.push({ path: 'EFI/BOOT/BOOTX64.EFI', data: sd }, { path: 'EFI/systemd/systemd-bootx64.efi', data: sd });
+  esp.push({ path: 'loader/loader.conf', data: Buffer.from(`timeout ${o.bootTimeout ?? 5}\n`) });
+
+  let bootType: BootType;
+  let cmdline: string;
+  let bootDigest: string;
+  let osr: OsRelease;
+  const entry: BlsEntry = { initrd: [], options: [], extra: [] };
+  if (wanted !== undefined) {
+    bootType = 'uki';
+    const uki = (await readFile(`/${SEALED_UKI_DIR}/${wanted}`))!;
+    const cmd = peSection(uki, '.cmdline');
+    if (cmd === undefined) throw new InstallError(`/${SEALED_UKI_DIR}/${wanted} has no .cmdline section: not a sealed UKI`);
+    cmdline = cmd.toString('utf8').replace(/\0+$/, '').trim();
+    const k = composefsKarg(cmdline);
+    if (k === undefined) throw new InstallError(`the UKI /${SEALED_UKI_DIR}/${wanted} has no composefs= argument: not sealed for composefs`);
+    if (k.digest !== digest) {
+      throw new InstallError(`the UKI in the image names composefs=${k.digest}, but this image's bootable composefs digest is ${digest} (${algorithm}, EROFS v${erofsFormat}): the image was changed after sealing, or sealed with another algorithm/format`);
+    }
+    if (k.verityOptional && verity !== 'none') throw new InstallError('the UKI says composefs=? (fs-verity optional): install it with --allow-missing-verity');
+    if (!k.verityOptional && verity === 'none') throw new InstallError('the UKI is sealed (composefs= requires fs-verity): --allow-missing-verity cannot apply to it');
+    if (o.extraKargs.length > 0) throw new InstallError('--karg cannot change a sealed UKI: its command line is signed (add kargs when building it)');
+    const linux = peSection(uki, '.linux');
+    if (linux === undefined) throw new InstallError(`the UKI /${SEALED_UKI_DIR}/${wanted} has no .linux section`);
+    bootDigest = sha256(linux, peSection(uki, '.initrd') ?? Buffer.alloc(0));
+    osr = parseOsRelease(peSection(uki, '.osrel')?.toString('utf8') ?? inputs.osRelease);
+    esp.push({ path: `${UKI_DIR}/${ukiFileName(digest)}`, data: uki });
+    entry.efi = `/${UKI_DIR}/${ukiFileName(digest)}`;
+  } else {
+    bootType = 'bls';
+    const args = o.typeOneArgs(inputs.kargs);
+    for (const a of args) if (/\s/.test(a) || a === '') throw new InstallError(`kernel argument ${JSON.stringify(a)} is empty or contains blanks`);
+    cmdline = [...new Set(args)].join(' ');
+    // a --karg composefs= would override ours (the last one wins): refuse
+    if (composefsKarg(splitCmdline(cmdline))?.digest !== digest) throw new InstallError('a --karg composefs= would override the deployment digest');
+    bootDigest = sha256(inputs.vmlinuz, inputs.initramfs);
+    osr = parseOsRelease(inputs.osRelease);
+    const dir = `EFI/Linux/${type1Dir(digest)}`;
+    esp.push({ path: `${dir}/vmlinuz`, data: inputs.vmlinuz }, { path: `${dir}/initrd`, data: inputs.initramfs });
+    entry.linux = `/${dir}/vmlinuz`;
+    entry.initrd = [`/${dir}/initrd`];
+    entry.options = [cmdline];
+  }
+  const version = osr.versionId ?? digest;
+  entry.title = osr.prettyName ?? digest;
+  entry.version = version;
+  entry.sortKey = sortKey(osr.id, true);
+  const entryPath = `loader/entries/${entryFileName(osr.id, version, true)}`;
+  esp.push({ path: entryPath, data: Buffer.from(writeBlsEntry(entry)) });
+  return { bootType, bootDigest, cmdline, kver: inputs.kver, osId: osr.id, version, imageKargs: inputs.kargs, espFiles: esp, entry, entryPath };
+}
+
+/**
+ * `<root>/state/deploy/<digest>/{etc/, var -> ../../os/default/var, <digest>.origin}` for image `tree`
+ * (`state/os/default/var` from the image's /var only when it does not exist yet). The origin is written
+ * last: a state directory without it is an interrupted deployment.
+ */
+export async function writeDeploymentState(root: string, digest: string, tree: FileSystem, read: ContentReader, origin: DeploymentOrigin): Promise<MaterializeStats> {
+  const deploy = path.join(root, STATE_DEPLOY, digest);
+  const etcInode = resolveInTree(tree, '/etc');
+  if (!etcInode?.isDir) throw new InstallError('the image has no /etc directory');
+  const etc = await materializeTree(etcInode, path.join(deploy, 'etc'), read);
+  const varDir = path.join(root, STATE_VAR);
+  if (!(await exists(varDir))) {
+    const varInode = resolveInTree(tree, '/var');
+    if (varInode?.isDir) await materializeTree(varInode, varDir, read);
+    else await fsp.mkdir(varDir, { recursive: true, mode: 0o755 });
+  }
+  await fsp.symlink('../../os/default/var', path.join(deploy, 'var'));
+  await writeFileAtomic(path.join(deploy, originFileName(digest)), Buffer.from(writeOrigin(origin)), { mode: 0o644 });
+  await fsyncDir(path.join(root, STATE_DEPLOY));
+  return etc;
 }
 
 async function exists(p: string): Promise<boolean> {
