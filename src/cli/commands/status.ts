@@ -22,8 +22,10 @@ Options:
   --format-version N   0 or 1 (both mean v1)
   --booted             show only the booted deployment (drop staged and rollback)
   -v, --verbose        human-readable output: also soft-reboot, fs-verity enforcement, download-only
-  --root DIR           an offline physical root (not booted): nothing is booted and nothing staged in /run;
+  --root DIR           an offline physical root (not booted): nothing is booted; a staged deployment is read
+                       from DIR/run/composefs (where offline upgrade/switch record it; --run-dir to change);
                        the boot loader's default entry is listed first among the other deployments
+  --run-dir DIR        where composefs/staged-deployment is (default /run, offline DIR/run)
   --boot-dir DIR       the directory holding loader/entries (the ESP). Default: the first of /boot, /efi,
                        /boot/efi that has loader/entries (offline: DIR/boot, DIR/efi, DIR/boot/efi)
   -h, --help           show this help
@@ -49,6 +51,7 @@ export const command: Command = {
       verbose: { type: 'boolean', short: 'v' },
       root: { type: 'string' },
       'boot-dir': { type: 'string' },
+      'run-dir': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     });
     if (values.help) {
@@ -74,12 +77,13 @@ export const command: Command = {
       const st = await fsp.stat(root).catch(() => undefined);
       if (!st?.isDirectory()) throw new UsageError(`--root ${values.root} is not a directory`);
       opts.sysroot = root;
+      opts.runDir = path.resolve(values['run-dir'] ?? path.join(root, 'run'));
       const boot = values['boot-dir'] ?? findBootDir([path.join(root, 'boot'), path.join(root, 'efi'), path.join(root, 'boot/efi')]);
       if (boot !== undefined) opts.bootDir = path.resolve(boot);
       else process.stderr.write(`warning: no loader/entries under ${root} (use --boot-dir): boot entries not read\n`);
     } else {
       opts.cmdline = await fsp.readFile('/proc/cmdline', 'utf8');
-      opts.runDir = '/run';
+      opts.runDir = path.resolve(values['run-dir'] ?? '/run');
       const boot = values['boot-dir'] ?? findBootDir(['/boot', '/efi', '/boot/efi']);
       if (boot !== undefined) opts.bootDir = path.resolve(boot);
       const mountinfo = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
