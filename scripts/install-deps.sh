@@ -65,7 +65,7 @@ fi
 # ---------------------------------------------------------------- 2b. boot and signing tools (issue 4/5 tests)
 # bookworm: FAT and GPT tools, sbsigntool, osslsigncode; trixie (architecture-independent or libc-neutral):
 # systemd-boot-efi 257 (stub + boot loader), OVMF 2025.02 with Secure Boot, python3-virt-firmware, python3-pefile.
-BOOT_PKGS=(dosfstools mtools gdisk fdisk sbsigntool osslsigncode efitools mmdebstrap python3 python3-cryptography python3-zstandard uuid-runtime)
+BOOT_PKGS=(dosfstools mtools gdisk fdisk sbsigntool osslsigncode efitools mmdebstrap python3 python3-cryptography python3-zstandard python3-yaml uuid-runtime bc)
 TRIXIE_PKGS=(systemd-boot-efi/trixie ovmf/trixie python3-virt-firmware/trixie python3-pefile/trixie)
 missing=(); for p in "${BOOT_PKGS[@]}"; do have_pkgs "$p" || missing+=("$p"); done
 mtrixie=(); for p in "${TRIXIE_PKGS[@]}"; do have_pkgs "$p" || mtrixie+=("$p"); done
