@@ -3,6 +3,7 @@
  * v2 = composefs-rs native) and the reader. Layouts: docs/ARCHITECTURE.md and composefs-format notes.
  * All integers little-endian; 4096-byte blocks only.
  */
+import { digestPath } from '../tree/model.js';
 
 export const BLOCK_SIZE = 4096;
 export const BLOCK_BITS = 12;
@@ -97,8 +98,7 @@ export const XATTR_NAME_MAX = 255;
  * fs-verity digest (lowercase hex, first byte as the directory). Also the redirect payload of external files.
  */
 export function objectPathForDigest(digest: Uint8Array): string {
-  const hex = Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength).toString('hex');
-  return `${hex.slice(0, 2)}/${hex.slice(2)}`;
+  return digestPath(digest);
 }
 
 export { roundUp } from '../util/align.js';

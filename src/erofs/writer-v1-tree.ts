@@ -19,7 +19,7 @@
 import { BootcfsError } from '../errors.js';
 import {
   S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
-  type ByteString, type FileSystem, type Inode,
+  digestPath, type ByteString, type FileSystem, type Inode,
 } from '../tree/model.js';
 import {
   XATTR_ESCAPED_OVERLAY_PREFIX, XATTR_OVERLAY_METACOPY, XATTR_OVERLAY_OPAQUE, XATTR_OVERLAY_REDIRECT,
@@ -90,6 +90,18 @@ export class WNode {
    * Kept as a signed number; C's size_t wrap-around is reproduced in `setXattr`.
    */
   xattrBudget = 0;
+  /**
+   * The overlay xattrs of an external file, kept implicit: `trusted.overlay.metacopy` (when
+   * `implicitMetacopy`; value = metacopyValue(digest)) and `trusted.overlay.redirect` (when
+   * `redirectPayload` is set; value = '/' + payload). Every external file has its own values, so holding
+   * them as strings and records would cost several hundred bytes per file; the writer builds them only
+   * while it lays out and writes the node (writer-v1.ts), in key order among `xattrs`.
+   */
+  implicitMetacopy = false;
+  digest: Buffer | undefined = undefined;
+  redirectPayload: ByteString | undefined = undefined;
+  /** Instead of `redirectPayload`: the payload is the object path of this digest (Inode.payloadIsObjectPath). */
+  redirectDigest: Buffer | undefined = undefined;
   parent: WNode;
   /** Name of the primary entry ('' for the root and the stubs' parent link); for error messages. */
   name: ByteString = '';
@@ -131,21 +143,102 @@ export class WNode {
     return (this.mode & S_IFMT) === S_IFREG && this.size > 0 && this.content === undefined;
   }
 
+  /** Number of implicit overlay xattrs (0–2). */
+  get implicitCount(): number {
+    return (this.implicitMetacopy ? 1 : 0) + (this.hasImplicitRedirect ? 1 : 0);
+  }
+
+  get hasImplicitRedirect(): boolean {
+    return this.redirectPayload !== undefined || this.redirectDigest !== undefined;
+  }
+
+  /** Length of the implicit redirect's payload (the value is '/' + payload). */
+  get redirectPayloadLength(): number {
+    return this.redirectDigest !== undefined ? 2 * this.redirectDigest.length + 1 : this.redirectPayload!.length;
+  }
+
+  /** The implicit redirect's value, '/' + payload, as a string. */
+  redirectValue(): ByteString {
+    return '/' + (this.redirectDigest !== undefined ? digestPath(this.redirectDigest) : this.redirectPayload!);
+  }
+
+  /** Turns the implicit overlay xattrs into ordinary entries of `xattrs` (same budget: nothing is re-added). */
+  private materializeImplicit(): void {
+    if (this.implicitCount === 0) return;
+    if (this.xattrs === NO_XATTRS) this.xattrs = [];
+    if (this.implicitMetacopy) this.xattrs.push({ key: XATTR_OVERLAY_METACOPY, value: metacopyValue(this.digest) });
+    if (this.hasImplicitRedirect) this.xattrs.push({ key: XATTR_OVERLAY_REDIRECT, value: this.redirectValue() });
+    this.implicitMetacopy = false;
+    this.digest = undefined;
+    this.redirectPayload = undefined;
+    this.redirectDigest = undefined;
+  }
+
+  /**
+   * `lcfs_node_set_xattr` for an implicit overlay xattr (a key the node does not have yet): the budget
+   * check only. `valueLength` is the length the value will have.
+   */
+  private addImplicit(key: ByteString, valueLength: number): void {
+    this.addBudget(key, valueLength);
+  }
+
+  /** Appending `key` with a value of `valueLength` bytes: lcfs_node_set_xattr's budget arithmetic. */
+  private addBudget(key: ByteString, valueLength: number): void {
+    let entry = 2 * XATTR_META_SIZE - 1 + key.length + valueLength;
+    if (this.xattrs.length + this.implicitCount === 0) entry += XATTR_HEADER_SIZE;
+    const sum = this.xattrBudget + entry;
+    // In C the counter is a size_t: a negative value is a huge one, and the sum only becomes small
+    // again if it wraps past zero.
+    if (sum < 0 || sum > EXTERNAL_XATTR_MAX) {
+      throw new BootcfsError('ELIMIT', `too many xattrs on an inode while adding ${key} (ERANGE in libcomposefs)`);
+    }
+    this.xattrBudget = sum;
+  }
+
+  /** Sets the implicit `trusted.overlay.metacopy` (value metacopyValue(digest)); the node must not have one. */
+  setImplicitMetacopy(digest: Buffer | undefined): void {
+    if (this.implicitMetacopy || this.xattrs.some((x) => x.key === XATTR_OVERLAY_METACOPY)) {
+      this.setXattr(XATTR_OVERLAY_METACOPY, metacopyValue(digest));
+      return;
+    }
+    this.addImplicit(XATTR_OVERLAY_METACOPY, digest === undefined ? 0 : 4 + digest.length);
+    this.implicitMetacopy = true;
+    this.digest = digest;
+  }
+
+  /**
+   * Sets the implicit `trusted.overlay.redirect` = '/' + payload, the payload given as a string or as the
+   * digest whose object path it is.
+   */
+  setImplicitRedirect(payload: ByteString | { digest: Buffer }): void {
+    const length = typeof payload === 'string' ? payload.length : 2 * payload.digest.length + 1;
+    if (this.hasImplicitRedirect || this.xattrs.some((x) => x.key === XATTR_OVERLAY_REDIRECT)) {
+      this.setXattr(XATTR_OVERLAY_REDIRECT, '/' + (typeof payload === 'string' ? payload : digestPath(payload.digest)));
+      return;
+    }
+    if (length + 1 > 0xffff) throw new BootcfsError('ELIMIT', `xattr ${XATTR_OVERLAY_REDIRECT} value too long`);
+    this.addImplicit(XATTR_OVERLAY_REDIRECT, length + 1);
+    if (typeof payload === 'string') this.redirectPayload = payload;
+    else this.redirectDigest = payload.digest;
+  }
+
   /** `lcfs_node_set_xattr(node, key, value)` including its budget check and replace semantics. */
   setXattr(key: ByteString, value: ByteString): void {
     if (value.length > 0xffff) throw new BootcfsError('ELIMIT', `xattr ${key} value too long`);
+    // Replacing (or re-adding) an implicit one: make it an ordinary entry first.
+    if ((key === XATTR_OVERLAY_METACOPY || key === XATTR_OVERLAY_REDIRECT) && this.implicitCount > 0) this.materializeImplicit();
     const idx = this.xattrs.findIndex((x) => x.key === key);
     if (idx >= 0) {
       const old = this.xattrs[idx]!;
       // C unsets by moving the last entry into the hole; order is irrelevant (sorted later).
       const last = this.xattrs.pop()!;
       if (idx < this.xattrs.length) this.xattrs[idx] = last;
-      if (this.xattrs.length > 0) this.xattrBudget -= 2 * XATTR_META_SIZE - 1 + key.length + old.value.length;
+      if (this.xattrs.length + this.implicitCount > 0) this.xattrBudget -= 2 * XATTR_META_SIZE - 1 + key.length + old.value.length;
       else this.xattrBudget = 0;
     }
     if (this.xattrs === NO_XATTRS) this.xattrs = [];
     let entry = 2 * XATTR_META_SIZE - 1 + key.length + value.length;
-    if (this.xattrs.length === 0) entry += XATTR_HEADER_SIZE;
+    if (this.xattrs.length + this.implicitCount === 0) entry += XATTR_HEADER_SIZE;
     const sum = this.xattrBudget + entry;
     // In C the counter is a size_t: a negative value is a huge one, and the sum only becomes small
     // again if it wraps past zero.
@@ -158,8 +251,33 @@ export class WNode {
 
   getXattr(key: ByteString): ByteString | undefined {
     for (const x of this.xattrs) if (x.key === key) return x.value;
+    if (key === XATTR_OVERLAY_METACOPY && this.implicitMetacopy) return metacopyValue(this.digest);
+    if (key === XATTR_OVERLAY_REDIRECT && this.hasImplicitRedirect) return this.redirectValue();
     return undefined;
   }
+}
+
+/**
+ * The `trusted.overlay.metacopy` value of an external file: struct ovl_metacopy (version 0, len, flags 0,
+ * digest algorithm, digest) as a byte string, or '' without a digest.
+ */
+export function metacopyValue(digest: Buffer | undefined): ByteString {
+  if (digest === undefined) return EMPTY;
+  const scratch = METACOPY_SCRATCH.get(digest.length);
+  if (scratch === undefined) throw inval(`digest must be 32 (sha256) or 64 (sha512) bytes`);
+  scratch.set(digest, 4);
+  return scratch.toString('latin1');
+}
+
+/** Writes metacopyValue(digest) at `off` of `buf`; returns the number of bytes written. */
+export function writeMetacopyValue(buf: Buffer, off: number, digest: Buffer | undefined): number {
+  if (digest === undefined) return 0;
+  buf[off] = 0;
+  buf[off + 1] = 4 + digest.length;
+  buf[off + 2] = 0;
+  buf[off + 3] = digest.length === 32 ? FSVERITY_HASH_ALG_SHA256 : FSVERITY_HASH_ALG_SHA512;
+  digest.copy(buf, off + 4);
+  return 4 + digest.length;
 }
 
 export interface V1Tree {
@@ -241,8 +359,9 @@ function copyInode(src: Inode, parent: WNode | undefined, name: ByteString): WNo
     n.size = Number.MAX_SAFE_INTEGER;
   }
   if (!Number.isSafeInteger(n.mtimeSec)) throw inval(`invalid mtime ${n.mtimeSec} at ${pathIn(parent, parent === undefined ? undefined : name)}`);
-  if (src.xattrs.size > 0) n.xattrs = [];
-  for (const [key, value] of src.xattrs) {
+  const srcXattrs = src.xattrsIfAny();
+  if (srcXattrs !== undefined) n.xattrs = [];
+  for (const [key, value] of srcXattrs ?? []) {
     if (key.length === 0 || key.length > XATTR_NAME_MAX || key.includes('\0')) {
       throw new BootcfsError('ELIMIT', `invalid xattr name ${JSON.stringify(key)} at ${pathIn(parent, parent === undefined ? undefined : name)}`);
     }
@@ -281,20 +400,21 @@ function rewriteNode(n: WNode, src: Inode, version: number): void {
     if (Math.ceil(n.size / 2 ** chunkBitsOf(n.size)) > V1_MAX_NONINLINE_CHUNKS) {
       throw new BootcfsError('ELIMIT', `file too big (${n.size} bytes) at ${nodePath(n)}`);
     }
-    let metacopy = EMPTY;
-    if (src.digest !== undefined) {
-      const scratch = METACOPY_SCRATCH.get(src.digest.length);
-      if (scratch === undefined) throw inval(`digest must be 32 (sha256) or 64 (sha512) bytes at ${nodePath(n)}`);
-      // struct ovl_metacopy: version 0, len, flags 0, digest algorithm, digest (built as one flat string)
-      scratch.set(src.digest, 4);
-      metacopy = scratch.toString('latin1');
+    if (src.digest !== undefined && !METACOPY_SCRATCH.has(src.digest.length)) {
+      throw inval(`digest must be 32 (sha256) or 64 (sha512) bytes at ${nodePath(n)}`);
     }
-    n.setXattr(XATTR_OVERLAY_METACOPY, metacopy);
-    const payload = src.payload;
-    if (payload !== undefined && payload.length > 0) {
-      if (payload.length >= PATH_MAX) throw new BootcfsError('ELIMIT', `payload too long at ${nodePath(n)}`);
-      // maybe_join_path("/", payload): a payload that already starts with '/' gives "//…".
-      n.setXattr(XATTR_OVERLAY_REDIRECT, '/' + payload);
+    // struct ovl_metacopy: version 0, len, flags 0, digest algorithm, digest (metacopyValue)
+    n.setImplicitMetacopy(src.digest);
+    if (src.payloadIsObjectPath) {
+      // The payload is the object path of the digest (2 × length + 1 < PATH_MAX bytes): kept as the digest.
+      n.setImplicitRedirect({ digest: src.digest! });
+    } else {
+      const payload = src.payload;
+      if (payload !== undefined && payload.length > 0) {
+        if (payload.length >= PATH_MAX) throw new BootcfsError('ELIMIT', `payload too long at ${nodePath(n)}`);
+        // maybe_join_path("/", payload): a payload that already starts with '/' gives "//…".
+        n.setImplicitRedirect(payload);
+      }
     }
   } else if (src.payload !== undefined && src.payload.length >= PATH_MAX && n.fmt !== S_IFLNK) {
     throw new BootcfsError('ELIMIT', `payload too long at ${nodePath(n)}`);

@@ -10,7 +10,7 @@
  * one small record per inode.
  */
 import { BootcfsError } from '../errors.js';
-import { S_IFDIR, S_IFLNK, S_IFREG, S_IFCHR, S_IFBLK, type FileSystem } from '../tree/model.js';
+import { S_IFDIR, S_IFLNK, S_IFREG, S_IFCHR, S_IFBLK, writeDigestPath, type FileSystem } from '../tree/model.js';
 import {
   BLOCK_SIZE, COMPOSEFS_EROFS_VERSION, COMPOSEFS_FLAGS_HAS_ACL, COMPOSEFS_MAGIC, EROFS_DIRENT_SIZE,
   EROFS_FEATURE_COMPAT_MTIME, EROFS_FEATURE_COMPAT_XATTR_FILTER, EROFS_INODE_CHUNK_BASED,
@@ -18,9 +18,9 @@ import {
   EROFS_INODES_START, EROFS_MAGIC, EROFS_SUPER_OFFSET, EROFS_XATTR_IBODY_HEADER_SIZE,
   EROFS_XATTR_INDEX_NONE, EROFS_XATTR_INDEX_POSIX_ACL_ACCESS, EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT,
   EROFS_XATTR_INDEX_SECURITY, EROFS_XATTR_INDEX_TRUSTED, EROFS_XATTR_INDEX_USER, erofsFileType,
-  iFormat, xattrFilterBit,
+  iFormat, xattrFilterBit, XATTR_OVERLAY_METACOPY, XATTR_OVERLAY_REDIRECT,
 } from './format.js';
-import { buildV1Tree, chunkBitsOf, type WNode } from './writer-v1-tree.js';
+import { buildV1Tree, chunkBitsOf, metacopyValue, writeMetacopyValue, type WNode } from './writer-v1-tree.js';
 
 export interface WriteV1Options {
   /** `--min-version` (0 or 1). */
@@ -120,9 +120,202 @@ interface SharedTable {
   /** The shared table, in on-disk order. */
   recs: XattrRec[];
   size: number;
-  /** Every inode's xattr records, flattened in BFS order; inode i owns [start[i], start[i+1]). */
+  /** Every inode's explicit xattr records, flattened in BFS order; inode i owns [start[i], start[i+1]). */
   nodeRecs: XattrRec[];
   start: Uint32Array;
+  /**
+   * Implicit overlay xattrs (WNode.implicitMetacopy / redirectPayload): per inode the group of equal
+   * values (-1: none), and per group its record when the value is shared (used more than once).
+   */
+  metacopyGroup: Int32Array;
+  redirectGroup: Int32Array;
+  sharedGroupRecs: { metacopy: Array<XattrRec | undefined>; redirect: Array<XattrRec | undefined> };
+}
+
+const METACOPY_NAME = encodeName(XATTR_OVERLAY_METACOPY);
+const REDIRECT_NAME = encodeName(XATTR_OVERLAY_REDIRECT);
+
+function implicitRec(key: string, name: XattrName, value: string, count: number): XattrRec {
+  return { key, value, name, entrySize: roundUp4(4 + name.suffix.length + value.length), count, sharedOffset: -1 };
+}
+
+function sameDigest(a: Buffer | undefined, b: Buffer | undefined): boolean {
+  return a === undefined || b === undefined ? a === b : a.equals(b);
+}
+
+/**
+ * Groups of equal digests (undefined counts as one value), without a string per digest: members are
+ * hashed on their first bytes and equal ones chained. `newGroup()` opens a group that is not a digest.
+ */
+class DigestGroups {
+  private readonly head = new Map<number, number>();
+  private readonly next: number[] = [];
+  private readonly keys: Array<Buffer | undefined> = [];
+  private readonly groupOf: number[] = [];
+  readonly counts: number[] = [];
+
+  newGroup(): number {
+    this.counts.push(0);
+    return this.counts.length - 1;
+  }
+
+  /** The group of digest `d` (counted once more). */
+  add(d: Buffer | undefined): number {
+    const key = d === undefined ? -1 : d.length >= 4 ? d.readUInt32LE(0) >>> 2 : d.length;
+    for (let m = this.head.get(key) ?? -1; m >= 0; m = this.next[m]!) {
+      if (sameDigest(this.keys[m], d)) {
+        const g = this.groupOf[m]!;
+        this.counts[g]!++;
+        return g;
+      }
+    }
+    const g = this.newGroup();
+    this.counts[g] = 1;
+    const m = this.keys.length;
+    this.keys.push(d);
+    this.groupOf.push(g);
+    this.next.push(this.head.get(key) ?? -1);
+    this.head.set(key, m);
+    return g;
+  }
+}
+
+const DIGEST_PATH = /^[0-9a-f]{2}\/(?:[0-9a-f]{2})*$/;
+
+/**
+ * Groups equal implicit overlay xattr values without building them: metacopy values are equal when the
+ * digests are; redirects when the payloads are — a payload kept as a digest (WNode.redirectDigest) equals
+ * a string payload exactly when that string is the digest's object path, so such strings join the digests.
+ * Returns the group of every inode (-1: none) and each group's use count.
+ */
+function groupImplicit(bfs: WNode[]): { metacopyGroup: Int32Array; metacopyCount: number[]; redirectGroup: Int32Array; redirectCount: number[] } {
+  const metacopyGroup = new Int32Array(bfs.length).fill(-1);
+  const redirectGroup = new Int32Array(bfs.length).fill(-1);
+  const metacopy = new DigestGroups();
+  const redirect = new DigestGroups();
+  const byPayload = new Map<string, number>();
+  for (let i = 0; i < bfs.length; i++) {
+    const n = bfs[i]!;
+    if (n.implicitMetacopy) metacopyGroup[i] = metacopy.add(n.digest);
+    if (n.redirectDigest !== undefined) {
+      redirectGroup[i] = redirect.add(n.redirectDigest);
+    } else if (n.redirectPayload !== undefined) {
+      const p = n.redirectPayload;
+      if (DIGEST_PATH.test(p)) {
+        redirectGroup[i] = redirect.add(Buffer.from(p.slice(0, 2) + p.slice(3), 'hex'));
+      } else {
+        let g = byPayload.get(p);
+        if (g === undefined) {
+          g = redirect.newGroup();
+          byPayload.set(p, g);
+        }
+        redirect.counts[g]!++;
+        redirectGroup[i] = g;
+      }
+    }
+  }
+  return { metacopyGroup, metacopyCount: metacopy.counts, redirectGroup, redirectCount: redirect.counts };
+}
+
+/**
+ * The xattrs of one inode in key order — its explicit records (sorted by buildV1Tree) merged with its
+ * implicit overlay xattrs (metacopy, redirect) — addressed by position, without building anything: one
+ * instance serves every inode in turn (`select(i)`), so laying out and writing 40 000 external files
+ * allocates no record, string or array per file.
+ */
+class NodeXattrs {
+  private n!: WNode;
+  private from = 0;
+  private explicit = 0;
+  /** Merged positions of the implicit metacopy / redirect (-1: the inode has none). */
+  private posM = -1;
+  private posR = -1;
+  private recM: XattrRec | undefined;
+  private recR: XattrRec | undefined;
+  /** Number of xattrs of the selected inode. */
+  count = 0;
+
+  constructor(private readonly table: SharedTable, private readonly bfs: WNode[]) {}
+
+  select(i: number): void {
+    const t = this.table;
+    const n = this.bfs[i]!;
+    this.n = n;
+    this.from = t.start[i]!;
+    this.explicit = t.start[i + 1]! - this.from;
+    const mg = t.metacopyGroup[i]!;
+    const rg = t.redirectGroup[i]!;
+    this.recM = mg >= 0 ? t.sharedGroupRecs.metacopy[mg] : undefined;
+    this.recR = rg >= 0 ? t.sharedGroupRecs.redirect[rg] : undefined;
+    // Explicit keys never equal the implicit ones (buildV1Tree escapes every trusted.overlay.* key), and
+    // XATTR_OVERLAY_METACOPY < XATTR_OVERLAY_REDIRECT.
+    let belowM = 0;
+    while (belowM < this.explicit && t.nodeRecs[this.from + belowM]!.key < XATTR_OVERLAY_METACOPY) belowM++;
+    let belowR = belowM;
+    while (belowR < this.explicit && t.nodeRecs[this.from + belowR]!.key < XATTR_OVERLAY_REDIRECT) belowR++;
+    this.posM = mg >= 0 ? belowM : -1;
+    this.posR = rg >= 0 ? belowR + (mg >= 0 ? 1 : 0) : -1;
+    this.count = this.explicit + (mg >= 0 ? 1 : 0) + (rg >= 0 ? 1 : 0);
+  }
+
+  /** 1: implicit metacopy, 2: implicit redirect, 0: explicit (then `explicitRec(pos)`). */
+  private kind(pos: number): number {
+    return pos === this.posM ? 1 : pos === this.posR ? 2 : 0;
+  }
+
+  private explicitRec(pos: number): XattrRec {
+    const skipped = (this.posM >= 0 && this.posM < pos ? 1 : 0) + (this.posR >= 0 && this.posR < pos ? 1 : 0);
+    return this.table.nodeRecs[this.from + pos - skipped]!;
+  }
+
+  /** The record at `pos` when it is an explicit one or a shared implicit one, else undefined. */
+  private rec(pos: number): XattrRec | undefined {
+    const k = this.kind(pos);
+    return k === 1 ? this.recM : k === 2 ? this.recR : this.explicitRec(pos);
+  }
+
+  sharedOffset(pos: number): number {
+    return this.rec(pos)?.sharedOffset ?? -1;
+  }
+
+  filterBit(pos: number): number {
+    const k = this.kind(pos);
+    return k === 1 ? METACOPY_NAME.filterBit : k === 2 ? REDIRECT_NAME.filterBit : this.explicitRec(pos).name.filterBit;
+  }
+
+  /** Length of the value of an implicit xattr (kind 1 or 2). */
+  private implicitValueLength(k: number): number {
+    if (k === 1) return this.n.digest === undefined ? 0 : 4 + this.n.digest.length;
+    return 1 + this.n.redirectPayloadLength;
+  }
+
+  entrySize(pos: number): number {
+    const r = this.rec(pos);
+    if (r !== undefined) return r.entrySize;
+    const k = this.kind(pos);
+    const name = k === 1 ? METACOPY_NAME : REDIRECT_NAME;
+    return roundUp4(4 + name.suffix.length + this.implicitValueLength(k));
+  }
+
+  /** Writes the (inline) entry at `pos` at `off`; returns the offset after it (padded to 4). */
+  writeEntry(buf: Buffer, off: number, pos: number): number {
+    const r = this.rec(pos);
+    if (r !== undefined) return writeXattrEntry(buf, off, r);
+    const k = this.kind(pos);
+    const name = k === 1 ? METACOPY_NAME : REDIRECT_NAME;
+    const valueLength = this.implicitValueLength(k);
+    buf[off] = name.suffix.length;
+    buf[off + 1] = name.index;
+    buf.writeUInt16LE(valueLength, off + 2);
+    let v = off + 4 + buf.write(name.suffix, off + 4, 'latin1');
+    if (k === 1) writeMetacopyValue(buf, v, this.n.digest);
+    else {
+      buf[v++] = 0x2f; // '/'
+      if (this.n.redirectDigest !== undefined) writeDigestPath(buf, v, this.n.redirectDigest);
+      else buf.write(this.n.redirectPayload!, v, 'latin1');
+    }
+    return off + roundUp4(4 + name.suffix.length + valueLength);
+  }
 }
 
 /** Count identical (name, value) pairs; pairs used more than once go to the shared table. */
@@ -156,13 +349,33 @@ function computeSharedXattrs(bfs: WNode[]): SharedTable {
   start[bfs.length] = nodeRecs.length;
   const shared: XattrRec[] = [];
   for (const slot of byName.values()) for (const r of slot.byValue.values()) if (r.count > 1) shared.push(r);
+  // Implicit overlay xattrs: only the values used more than once get a record (and a table entry).
+  const g = groupImplicit(bfs);
+  const metacopyRecs = new Array<XattrRec | undefined>(g.metacopyCount.length);
+  const redirectRecs = new Array<XattrRec | undefined>(g.redirectCount.length);
+  for (let i = 0; i < bfs.length; i++) {
+    const mg = g.metacopyGroup[i]!;
+    if (mg >= 0 && g.metacopyCount[mg]! > 1 && metacopyRecs[mg] === undefined) {
+      metacopyRecs[mg] = implicitRec(XATTR_OVERLAY_METACOPY, METACOPY_NAME, metacopyValue(bfs[i]!.digest), g.metacopyCount[mg]!);
+      shared.push(metacopyRecs[mg]);
+    }
+    const rg = g.redirectGroup[i]!;
+    if (rg >= 0 && g.redirectCount[rg]! > 1 && redirectRecs[rg] === undefined) {
+      redirectRecs[rg] = implicitRec(XATTR_OVERLAY_REDIRECT, REDIRECT_NAME, bfs[i]!.redirectValue(), g.redirectCount[rg]!);
+      shared.push(redirectRecs[rg]);
+    }
+  }
   shared.sort(compareRecDesc);
   let off = 0;
   for (const r of shared) {
     r.sharedOffset = off;
     off += r.entrySize;
   }
-  return { recs: shared, size: off, nodeRecs, start };
+  return {
+    recs: shared, size: off, nodeRecs, start,
+    metacopyGroup: g.metacopyGroup, redirectGroup: g.redirectGroup,
+    sharedGroupRecs: { metacopy: metacopyRecs, redirect: redirectRecs },
+  };
 }
 
 // ------------------------------------------------------------------------------------------- layout
@@ -319,10 +532,19 @@ function writeDirBlocks(buf: Buffer, blockOff: number, n: WNode): [number, numbe
 
 /** Build the composefs image (libcomposefs 1.0.8 format) of `fs`. Does not modify `fs`. */
 export function writeImageV1(fs: FileSystem, opts: WriteV1Options = {}): Buffer {
+  return writeImageV1Taking(() => fs, opts);
+}
+
+/**
+ * writeImageV1 of a tree handed over by `take()` (called once): the writer holds it only while it builds
+ * its own copy, so a caller that keeps no other reference lets it be collected while the image is laid out.
+ */
+export function writeImageV1Taking(take: () => FileSystem, opts: WriteV1Options = {}): Buffer {
   const { min, max } = resolveV1Versions(opts);
-  const tree = buildV1Tree(fs, min, max);
+  const tree = buildV1Tree(take(), min, max);
   const { bfs, minMtimeSec, minMtimeNsec } = tree;
   const shared = computeSharedXattrs(bfs);
+  const xattrs = new NodeXattrs(shared, bfs);
 
   // ---- inode placement (compute_erofs_inodes)
   let pos = EROFS_INODES_START;
@@ -334,10 +556,10 @@ export function writeImageV1(fs: FileSystem, opts: WriteV1Options = {}): Buffer 
     const inodeSize = n.compact ? EROFS_INODE_COMPACT_SIZE : EROFS_INODE_EXTENDED_SIZE;
     let nShared = 0;
     let unshared = 0;
-    for (let j = shared.start[i]!, end = shared.start[i + 1]!; j < end; j++) {
-      const r = shared.nodeRecs[j]!;
-      if (r.sharedOffset >= 0 && nShared < MAX_SHARED_PER_INODE) nShared++;
-      else unshared += r.entrySize;
+    xattrs.select(i);
+    for (let pos = 0; pos < xattrs.count; pos++) {
+      if (xattrs.sharedOffset(pos) >= 0 && nShared < MAX_SHARED_PER_INODE) nShared++;
+      else unshared += xattrs.entrySize(pos);
     }
     n.nShared = nShared;
     n.xattrSize = nShared === 0 && unshared === 0 ? 0 : roundUp4(EROFS_XATTR_IBODY_HEADER_SIZE + 4 * nShared + unshared);
@@ -440,25 +662,23 @@ export function writeImageV1(fs: FileSystem, opts: WriteV1Options = {}): Buffer 
 
     // xattr area: header (name filter, shared count), shared ids, inline entries
     if (n.xattrSize > 0) {
-      const { nodeRecs } = shared;
-      const from = shared.start[i]!;
-      const to = shared.start[i + 1]!;
+      xattrs.select(i);
       let filter = 0;
-      for (let j = from; j < to; j++) filter |= 1 << nodeRecs[j]!.name.filterBit;
+      for (let pos = 0; pos < xattrs.count; pos++) filter |= 1 << xattrs.filterBit(pos);
       buf.writeUInt32LE((~filter) >>> 0, q);
       buf[q + 4] = n.nShared;
       // Shared ids first (the first nShared shareable xattrs in name order), then inline entries.
       let ids = q + EROFS_XATTR_IBODY_HEADER_SIZE;
       let x = ids + 4 * n.nShared;
       let taken = 0;
-      for (let j = from; j < to; j++) {
-        const r = nodeRecs[j]!;
-        if (r.sharedOffset >= 0 && taken < n.nShared) {
-          buf.writeUInt32LE(((sharedIdBase + r.sharedOffset) / 4) >>> 0, ids);
+      for (let pos = 0; pos < xattrs.count; pos++) {
+        const sharedOffset = xattrs.sharedOffset(pos);
+        if (sharedOffset >= 0 && taken < n.nShared) {
+          buf.writeUInt32LE(((sharedIdBase + sharedOffset) / 4) >>> 0, ids);
           ids += 4;
           taken++;
         } else {
-          x = writeXattrEntry(buf, x, r);
+          x = xattrs.writeEntry(buf, x, pos);
         }
       }
       q += n.xattrSize;

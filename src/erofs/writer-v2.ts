@@ -206,9 +206,10 @@ class Collector {
       this.addXattr(ino, XATTR_OVERLAY_METACOPY, metacopy);
       this.addXattr(ino, XATTR_OVERLAY_REDIRECT, Buffer.from(`/${objectPathForDigest(digest)}`, 'latin1'));
     }
-    const names = [...src.xattrs.keys()].sort(compareBytes);
+    const srcXattrs = src.xattrsIfAny();
+    const names = srcXattrs === undefined ? [] : [...srcXattrs.keys()].sort(compareBytes);
     for (const name of names) {
-      const value = src.xattrs.get(name)!;
+      const value = srcXattrs!.get(name)!;
       if (!((value as unknown) instanceof Uint8Array)) fail('EINVAL', ino.path, `xattr ${name} value is not bytes`);
       const stored = name.startsWith(XATTR_TRUSTED_OVERLAY_PREFIX)
         ? XATTR_ESCAPED_OVERLAY_PREFIX + name.slice(XATTR_TRUSTED_OVERLAY_PREFIX.length)

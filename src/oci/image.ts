@@ -18,18 +18,19 @@
  * Reading a layer stream back: the inline chunks hold every tar header, padding, end block and the
  * content of regular files of ≤ 64 bytes; each regular file larger than that is exactly one external
  * chunk (how pull.ts and composefs-rs write layers). So the tar is re-parsed from a synthetic byte
- * stream in which every external chunk is replaced by zeros of the object's size (its file size; no
+ * stream in which every external chunk is replaced by zeros of the file's size (from its tar header; no
  * object is read), and the file's digest is taken from the chunk itself — never re-hashed. A stream
- * that breaks the rule (a large file inline, an external chunk that is not one file's whole content)
- * is a FormatError rather than a silently wrong digest.
+ * that breaks the rule (a large file inline, an external chunk that is not exactly one file's whole
+ * content) is a FormatError rather than a silently wrong digest; each object's size is checked against
+ * the header (stat, or sizes the caller knows) except for layers the caller has just stored itself.
+ * The stream is read piece by piece (readSplitStreamFile), so memory holds the tree, not the stream.
  */
 import * as fsp from 'node:fs/promises';
 import { BootcfsError, FormatError, NotSupportedError } from '../errors.js';
 import { fsverityDigest, type HashAlgorithm } from '../fsverity/index.js';
-import { writeImageV1 } from '../erofs/writer-v1.js';
+import { writeImageV1Taking } from '../erofs/writer-v1.js';
 import { writeImageV2 } from '../erofs/writer-v2.js';
 import { uniqueInodes, type FileSystem } from '../tree/model.js';
-import { objectPathForDigest } from '../erofs/format.js';
 import type { ErofsFormatVersion, Repository } from '../repository/index.js';
 import { CONTENT_TYPE } from '../splitstream/format.js';
 import { INLINE_CONTENT_MAX, LayerTreeBuilder } from './layers.js';
@@ -37,6 +38,7 @@ import { transformForOci } from './transform.js';
 import { applyXattrRule } from './xattr-rule.js';
 import { transformForBoot, type ContentReader } from './bootable.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
+import { readSplitStreamFile, type SplitStreamReader } from '../splitstream/reader.js';
 
 export type ErofsFormat = ErofsFormatVersion;
 
@@ -83,23 +85,52 @@ async function objectSize(repo: Repository, digest: Buffer, known: ObjectSizes |
 }
 
 /** Applies the layer stream `name` to `builder` (see the file comment). */
-async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, name: string, known: ObjectSizes | undefined): Promise<void> {
-  const ss = await repo.openStream(name);
+async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, name: string, known: ObjectSizes | undefined, trusted: boolean): Promise<void> {
+  // Read piece by piece (readSplitStreamFile): a layer's stream section decompresses to every tar header
+  // of the layer, tens of MiB for a large one, which need never be in memory at once. Same checks as
+  // repo.openStream (openObject verifies the kernel's fs-verity digest in a secure repository).
+  const file = await repo.openObject(await repo.streamDigest(name));
+  try {
+    await applyLayerChunks(repo, builder, name, known, trusted, await readSplitStreamFile(file, repo.algorithm));
+  } finally {
+    await file.close();
+  }
+}
+
+async function applyLayerChunks(
+  repo: Repository,
+  builder: LayerTreeBuilder,
+  name: string,
+  known: ObjectSizes | undefined,
+  trusted: boolean,
+  ss: SplitStreamReader,
+): Promise<void> {
   if (ss.contentType !== CONTENT_TYPE.ociLayer) {
     throw new FormatError(`stream '${name}' is not an OCI layer splitstream`, ss.header.info.start + 64);
   }
+  // The file whose content the parser is about to read (set by `external` below before it reads): an
+  // external chunk must sit exactly where that content starts, and stands for exactly its size in zeros.
+  let expect: { offset: number; size: number } | undefined;
   // Digests of external chunks, in stream order, queued as the synthetic source passes them.
   const pending: Buffer[] = [];
+  /** Bytes of the synthetic tar yielded so far. */
+  let pos = 0;
   async function* synthetic(): AsyncGenerator<Uint8Array> {
-    for (const c of ss.chunks()) {
+    for await (const c of ss.chunks()) {
       if ('inline' in c) {
+        pos += c.inline.length;
         yield c.inline;
         continue;
       }
+      if (expect === undefined || expect.offset !== pos) {
+        throw new FormatError(`layer stream '${name}' has an external chunk that is not a file's content (at tar byte ${pos})`, ss.header.info.start);
+      }
       pending.push(c.object);
-      let left = await objectSize(repo, c.object, known);
+      let left = expect.size;
+      expect = undefined;
       while (left > 0) {
         const n = Math.min(left, ZEROS.length);
+        pos += n;
         yield ZEROS.subarray(0, n);
         left -= n;
       }
@@ -114,10 +145,14 @@ async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, nam
       const misplaced = (): FormatError =>
         new FormatError(`layer stream '${name}': content of ${printable(entry.path)} (${entry.size} bytes) is not one external object`, entry.dataOffset);
       if (pending.length !== 0) throw misplaced();
+      expect = { offset: entry.dataOffset, size: entry.size };
       for await (const piece of content) void piece;
+      expect = undefined;
       const digest = pending.shift();
       if (digest === undefined || pending.length !== 0) throw misplaced();
-      if ((await objectSize(repo, digest, known)) !== entry.size) {
+      // The image takes the size from the tar header; the object must agree (unless the caller has just
+      // stored it from this very entry).
+      if (!trusted && (await objectSize(repo, digest, known)) !== entry.size) {
         throw new FormatError(`layer stream '${name}': object for ${printable(entry.path)} has the wrong size`, entry.dataOffset);
       }
       return digest;
@@ -132,16 +167,22 @@ function printable(s: string): string {
 
 /**
  * The merged, xattr-filtered, OCI-transformed tree of the given layers (their streams must exist).
- * `objectSizes`: sizes of objects the caller knows (pull: those it just stored), so they are not stat()ed.
+ * Every external object is checked to exist with the size its tar header gives, except:
+ * `objectSizes`: sizes of objects the caller knows, so they are not stat()ed;
+ * `opts.layersStoredByCaller`: diff_ids of layers whose objects the caller (pull) has just stored from the
+ * very tar entries their streams describe; their objects are not checked again (no per-object lookup).
  */
 export async function buildImageTree(
   repo: Repository,
   diffIds: readonly string[],
   objectSizes?: ObjectSizes,
-  opts: { bootable?: boolean } = {},
+  opts: { bootable?: boolean; layersStoredByCaller?: ReadonlySet<string> } = {},
 ): Promise<FileSystem> {
   const builder = new LayerTreeBuilder();
-  for (const diffId of diffIds) await applyLayerStream(repo, builder, layerStreamName(diffId), objectSizes);
+  for (const diffId of diffIds) {
+    const trusted = opts.layersStoredByCaller?.has(diffId) === true;
+    await applyLayerStream(repo, builder, layerStreamName(diffId), objectSizes, trusted);
+  }
   const fs = builder.finish();
   applyXattrRule(fs);
   transformForOci(fs);
@@ -159,8 +200,16 @@ export function repositoryContentReader(repo: Repository): ContentReader {
 
 /** EROFS bytes of a tree in the given format. */
 export function writeImageBytes(fs: FileSystem, format: ErofsFormat, algorithm: HashAlgorithm): Buffer {
-  if (format === 1) return writeImageV1(fs);
-  if (format === 2) return writeImageV2(fs, { algorithm });
+  return writeImageBytesTaking(() => fs, format, algorithm);
+}
+
+/**
+ * writeImageBytes of a tree the caller no longer needs, handed over by `take()` (called once): the v1
+ * writer drops it once it has its own copy, so the two trees are not both held while the image is laid out.
+ */
+export function writeImageBytesTaking(take: () => FileSystem, format: ErofsFormat, algorithm: HashAlgorithm): Buffer {
+  if (format === 1) return writeImageV1Taking(take);
+  if (format === 2) return writeImageV2(take(), { algorithm });
   // Format 0 (composefs-rs's pre-v1 C layout) is readable by the kernel but not produced by our writers.
   throw new NotSupportedError(`EROFS format ${String(format)} images cannot be written (use 1 or 2)`, 95);
 }
@@ -207,8 +256,7 @@ export async function computeImageId(repo: Repository, tagOrConfigDigest: string
 async function remeasure(repo: Repository, fs: FileSystem, algorithm: HashAlgorithm): Promise<void> {
   for (const inode of uniqueInodes(fs.root)) {
     if (inode.digest !== undefined) {
-      inode.digest = fsverityDigest(await repo.readObject(inode.digest, { verify: true }), algorithm);
-      inode.payload = objectPathForDigest(inode.digest);
+      inode.setObjectDigest(fsverityDigest(await repo.readObject(inode.digest, { verify: true }), algorithm));
     }
   }
 }

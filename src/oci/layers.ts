@@ -32,7 +32,6 @@
  */
 import { FormatError } from '../errors.js';
 import { fsverityDigestStream, type HashAlgorithm } from '../fsverity/index.js';
-import { objectPathForDigest } from '../erofs/format.js';
 import {
   Inode,
   S_IFBLK,
@@ -48,6 +47,9 @@ import { readContent, tarEntries, type TarEntry } from './tar.js';
 
 /** composefs-rs INLINE_CONTENT_MAX_V0: regular files up to this size are stored inline. */
 export const INLINE_CONTENT_MAX = 64;
+
+/** Size of the blocks inline contents are copied into (LayerTreeBuilder.keep). */
+const CONTENT_ARENA_BLOCK = 64 * 1024;
 
 export const OPAQUE_WHITEOUT = '.wh..wh..opq';
 export const WHITEOUT_PREFIX = '.wh.';
@@ -115,6 +117,26 @@ export class LayerTreeBuilder {
     // composefs-rs starts from an "uninitialized" root stat (mode 0); the OCI transform (or a root entry
     // in a layer) gives it real metadata.
     this.fs = { root: new Inode({ mode: S_IFDIR }) };
+  }
+
+  /** Arena for inline contents (see keep()). */
+  private arena: Buffer = Buffer.alloc(0);
+  private arenaUsed = 0;
+
+  /**
+   * A copy of a small inline content in a block of its own: a tree holds tens of thousands of them for as
+   * long as it lives, and each one left in Node's shared 8 KiB pool would keep its whole pool slab alive.
+   */
+  private keep(b: Buffer): Buffer {
+    if (b.length > CONTENT_ARENA_BLOCK / 8) return Buffer.from(b); // larger than the pool takes: a block of its own
+    if (this.arenaUsed + b.length > this.arena.length) {
+      this.arena = Buffer.allocUnsafeSlow(CONTENT_ARENA_BLOCK);
+      this.arenaUsed = 0;
+    }
+    const out = this.arena.subarray(this.arenaUsed, this.arenaUsed + b.length);
+    b.copy(out);
+    this.arenaUsed += b.length;
+    return out;
   }
 
   private fail(entry: TarEntry, why: string): FormatError {
@@ -196,8 +218,7 @@ export class LayerTreeBuilder {
             if (file.content.length !== entry.size) throw this.fail(entry, 'inline content length differs from the entry size');
             inode.content = file.content;
           } else if (file.digest !== undefined) {
-            inode.digest = file.digest;
-            inode.payload = objectPathForDigest(file.digest);
+            inode.setObjectDigest(file.digest); // payload = its object path, computed when read
           } else {
             throw this.fail(entry, 'regular file without content or digest');
           }
@@ -241,7 +262,7 @@ export class LayerTreeBuilder {
       if (normaliseTarPath(entry.path) === undefined) throw this.fail(entry, "path has a '..' component");
       if (entry.type === 'reg' && entry.size > 0 && !isWhiteoutPath(entry.path)) {
         if (entry.size <= inlineMax) {
-          this.applyEntry(entry, { content: await readContent(content, inlineMax) }, stats);
+          this.applyEntry(entry, { content: this.keep(await readContent(content, inlineMax)) }, stats);
           stats.inlineFiles++;
         } else {
           // The parent must exist before the (possibly expensive) external store runs.
@@ -263,16 +284,18 @@ export class LayerTreeBuilder {
    * may have removed or replaced names since the hardlink was made). Returns the tree.
    */
   finish(): FileSystem {
-    const counts = new Map<Inode, number>();
-    const stack: Inode[] = [this.fs.root];
-    while (stack.length > 0) {
-      const dir = stack.pop()!;
-      for (const child of dir.entries!.values()) {
-        if (child.isDir) stack.push(child);
-        else counts.set(child, (counts.get(child) ?? 0) + 1);
+    // Two walks instead of a map of counts (one entry per file): zero every link count, then count names.
+    for (let pass = 0; pass < 2; pass++) {
+      const stack: Inode[] = [this.fs.root];
+      while (stack.length > 0) {
+        const dir = stack.pop()!;
+        for (const child of dir.entries!.values()) {
+          if (child.isDir) stack.push(child);
+          else if (pass === 0) child.nlink = 0;
+          else child.nlink++;
+        }
       }
     }
-    for (const [inode, n] of counts) inode.nlink = n;
     return this.fs;
   }
 }
@@ -288,7 +311,9 @@ function setStat(inode: Inode, entry: TarEntry): void {
   inode.gid = entry.gid;
   inode.mtimeSec = entry.mtimeSec;
   inode.mtimeNsec = entry.mtimeNsec;
-  inode.xattrs = new Map(entry.xattrs);
+  // Most entries have no xattrs: no map for them (Inode.xattrs allocates one on the first write).
+  if (entry.xattrs.size > 0) inode.xattrs = new Map(entry.xattrs);
+  else inode.clearXattrs();
 }
 
 function printable(s: ByteString): string {

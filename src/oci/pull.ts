@@ -16,8 +16,8 @@
  *    order), each larger one streamed straight into repo.ensureObject (never held in memory whole).
  *    The stream is published only after the whole layer has been read (and every object stored),
  *    i.e. after both digests verified — a tampered blob leaves only unreferenced objects (gc fodder).
- * 3. the tree is built back from the layer streams (image.ts: xattr rule, transformForOci; the sizes of
- *    the objects this pull stored are passed along instead of stat()ing each object), written
+ * 3. the tree is built back from the layer streams (image.ts: xattr rule, transformForOci; the objects of
+ *    the layers this pull imported are not looked up again — it has just stored them), written
  *    per repo.erofsFormat and stored with repo.writeImage.
  * 4. config stream `oci-config-<config digest>` ('ociconfg'): the raw config JSON as ONE external
  *    object; named refs `<diff_id>` → layer streams, `composefs.image` → the image, and
@@ -34,6 +34,7 @@
  * for malformed tars, OciFormatError for inconsistent manifests/configs; nothing is tagged then.
  */
 import { FormatError } from '../errors.js';
+import type { FileSystem } from '../tree/model.js';
 import type { Repository } from '../repository/index.js';
 import { SplitStreamWriter } from '../splitstream/writer.js';
 import {
@@ -46,6 +47,7 @@ import {
   ociTagRef,
   repositoryContentReader,
   writeImageBytes,
+  writeImageBytesTaking,
 } from './image.js';
 import { transformForBoot } from './bootable.js';
 import { INLINE_CONTENT_MAX } from './layers.js';
@@ -257,8 +259,8 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     const unique = [...new Map(order.map((l) => [l.diffId, l])).values()].sort((a, b) => b.desc.size - a.desc.size);
     let layersImported = 0;
     let layersSkipped = 0;
-    // Sizes of the objects stored by this pull: the tree is built without stat()ing each of them again.
-    const objectSizes = new Map<string, number>();
+    // Layers imported by this pull: the tree is built without looking at each of their objects again.
+    const storedLayers = new Set<string>();
     await boundedAll(unique, LAYER_CONCURRENCY, async ({ desc, diffId }) => {
       const ev = { diffId, digest: desc.digest, size: desc.size };
       if (await repo.hasStream(layerStreamName(diffId))) {
@@ -267,7 +269,8 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
         return;
       }
       opts.onProgress?.({ kind: 'layer-start', ...ev });
-      const r = await importLayer(repo, source, desc, diffId, objectSizes);
+      const r = await importLayer(repo, source, desc, diffId);
+      storedLayers.add(diffId);
       layersImported++;
       opts.onProgress?.({ kind: 'layer-done', ...ev, objects: r.objects, inlineBytes: r.inlineBytes });
     });
@@ -280,13 +283,26 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     }
 
     // 3. the composefs image
-    const tree = await buildImageTree(repo, diffIds, objectSizes);
-    const imageId = await repo.writeImage(writeImageBytes(tree, repo.erofsFormat, repo.algorithm));
+    // The tree is dropped as soon as its last image is built: writeImage then reads the image back (its
+    // object check) and the whole pull's memory peak is there, so nothing else should still be held.
+    let tree: FileSystem | undefined = await buildImageTree(repo, diffIds, undefined, { layersStoredByCaller: storedLayers });
+    let image: Buffer | undefined = opts.bootable
+      ? writeImageBytes(tree, repo.erofsFormat, repo.algorithm)
+      : writeImageBytesTaking(() => {
+          const t = tree!;
+          tree = undefined;
+          return t;
+        }, repo.erofsFormat, repo.algorithm);
+    const imageId = await repo.writeImage(image);
+    image = undefined;
     let bootImageId: Buffer | undefined;
-    if (opts.bootable) {
+    if (tree !== undefined) {
       // the plain image is written: the same tree is transformed in place for the bootable one
       await transformForBoot(tree, { readContent: repositoryContentReader(repo) });
-      bootImageId = await repo.writeImage(writeImageBytes(tree, repo.erofsFormat, repo.algorithm));
+      image = writeImageBytes(tree, repo.erofsFormat, repo.algorithm);
+      tree = undefined;
+      bootImageId = await repo.writeImage(image);
+      image = undefined;
     }
     opts.onProgress?.({ kind: 'image', imageId: imageId.toString('hex'), bootImageId: bootImageId?.toString('hex') });
 

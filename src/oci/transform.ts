@@ -31,7 +31,9 @@ export function transformForOci(fs: FileSystem): FileSystem {
   root.gid = usr.gid;
   root.mtimeSec = usr.mtimeSec;
   root.mtimeNsec = usr.mtimeNsec;
-  root.xattrs = new Map([...usr.xattrs].map(([k, v]) => [k, Buffer.from(v)]));
+  const usrXattrs = usr.xattrsIfAny();
+  if (usrXattrs === undefined) root.clearXattrs();
+  else root.xattrs = new Map([...usrXattrs].map(([k, v]) => [k, Buffer.from(v)]));
 
   const run = root.entries!.get('run');
   if (run !== undefined) {

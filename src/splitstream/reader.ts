@@ -8,12 +8,16 @@
  * FormatError whose offset is the file offset of the offending field (for faults inside a zstd section:
  * the section's start; the message then gives the position inside the decompressed data).
  *
+ * `readSplitStreamFile(fileHandle, algorithm, opts)` is the same for a stream too large to hold: it reads
+ * and validates everything but the chunk sequence at once, then decompresses and checks the chunks while
+ * they are iterated (async), so memory stays at about one zstd block whatever the stream's size.
+ *
  * `catSplitStream(ss, readObject)` reassembles the original byte stream given a function that reads an
  * object's bytes, checking the total against the recorded stream size.
  */
-import { FormatError } from '../errors.js';
+import { BootcfsError, FormatError } from '../errors.js';
 import { DIGEST_SIZE, HASH_ALGORITHM_ID, type HashAlgorithm } from '../fsverity/index.js';
-import { zstdDecompress } from '../util/zstd.js';
+import { zstdDecompress, zstdDecompressStream } from '../util/zstd.js';
 import { HEADER_SIZE, INFO_SIZE, SPLITSTREAM_LG_BLOCKSIZE, SPLITSTREAM_MAGIC, SPLITSTREAM_VERSION, toContentType } from './format.js';
 
 export interface SplitStreamHeader {
@@ -67,16 +71,17 @@ function readU64(buf: Buffer, off: number, what: string): number {
   return Number(v);
 }
 
-function readRange(buf: Buffer, off: number, what: string): FileRange {
+/** `buf` holds the file from offset 0 (possibly only a prefix of it); `fileSize` is the whole file's size. */
+function readRange(buf: Buffer, off: number, what: string, fileSize: number): FileRange {
   const start = readU64(buf, off, `${what} start`);
   const end = readU64(buf, off + 8, `${what} end`);
   if (end < start) throw new FormatError(`splitstream ${what} range ends (${end}) before it starts (${start})`, off);
-  if (end > buf.length) throw new FormatError(`splitstream ${what} range ${start}..${end} exceeds the file size ${buf.length}`, off);
+  if (end > fileSize) throw new FormatError(`splitstream ${what} range ${start}..${end} exceeds the file size ${fileSize}`, off);
   return { start, end };
 }
 
-function parseHeader(buf: Buffer, algorithm: HashAlgorithm): SplitStreamHeader {
-  if (buf.length < HEADER_SIZE) throw new FormatError(`splitstream is ${buf.length} bytes, shorter than its ${HEADER_SIZE}-byte header`, buf.length);
+function parseHeader(buf: Buffer, algorithm: HashAlgorithm, fileSize: number): SplitStreamHeader {
+  if (fileSize < HEADER_SIZE) throw new FormatError(`splitstream is ${fileSize} bytes, shorter than its ${HEADER_SIZE}-byte header`, fileSize);
   let layout: 'current' | 'legacy';
   let at: { version: number; flags: number; algorithm: number; lg: number; info: number };
   if (buf.subarray(0, 11).equals(SPLITSTREAM_MAGIC)) {
@@ -96,7 +101,7 @@ function parseHeader(buf: Buffer, algorithm: HashAlgorithm): SplitStreamHeader {
   }
   const lg = buf[at.lg]!;
   if (lg !== SPLITSTREAM_LG_BLOCKSIZE) throw new FormatError(`unsupported splitstream fs-verity block size 2^${lg}`, at.lg);
-  const info = readRange(buf, at.info, 'info');
+  const info = readRange(buf, at.info, 'info', fileSize);
   if (info.end - info.start < INFO_SIZE) throw new FormatError(`splitstream info section is ${info.end - info.start} bytes, expected at least ${INFO_SIZE}`, at.info);
   return { layout, version, flags: buf.readUInt16LE(at.flags), algorithm, lgBlocksize: lg, info };
 }
@@ -104,8 +109,11 @@ function parseHeader(buf: Buffer, algorithm: HashAlgorithm): SplitStreamHeader {
 function digestArray(buf: Buffer, r: FileRange, size: number, what: string): Buffer[] {
   const len = r.end - r.start;
   if (len % size !== 0) throw new FormatError(`splitstream ${what} section is ${len} bytes, not a multiple of the ${size}-byte digest size`, r.start);
+  // One copy of the whole section (not one pooled Buffer per digest): the digests stay compact in memory
+  // and never pin the file buffer or pool slabs shared with unrelated short-lived data.
+  const all = Buffer.from(buf.subarray(r.start, r.end));
   const out: Buffer[] = [];
-  for (let o = r.start; o < r.end; o += size) out.push(Buffer.from(buf.subarray(o, o + size)));
+  for (let o = 0; o < len; o += size) out.push(all.subarray(o, o + size));
   return out;
 }
 
@@ -183,15 +191,37 @@ function parseChunks(data: Buffer, objectCount: number, sectionStart: number): {
   return { index, inline, external };
 }
 
-/** Parse and validate a splitstream file held in memory. */
-export function readSplitStream(buf: Buffer, algorithm: HashAlgorithm, opts: ReadSplitStreamOptions = {}): SplitStream {
-  const header = parseHeader(buf, algorithm);
+/** Everything of a splitstream but its chunk sequence (the stream section is not touched). */
+type SplitStreamMeta = Omit<SplitStream, 'inlineSize' | 'externalChunks' | 'chunks'>;
+
+/** Bytes of the file, from offset 0, that parseMeta reads: everything up to the end of the info section. */
+function infoEnd(buf: Buffer, algorithm: HashAlgorithm, fileSize: number): number {
+  const header = parseHeader(buf, algorithm, fileSize);
+  return header.info.start + INFO_SIZE;
+}
+
+/** Bytes of the file, from offset 0, that parseMeta needs beyond the info section (every range but the stream's). */
+function metaEnd(buf: Buffer, algorithm: HashAlgorithm, fileSize: number): number {
+  const i = parseHeader(buf, algorithm, fileSize).info.start;
+  let end = i + INFO_SIZE;
+  for (const [off, what] of [[i, 'stream_refs'], [i + 16, 'object_refs'], [i + 48, 'named_refs']] as const) {
+    end = Math.max(end, readRange(buf, off, what, fileSize).end);
+  }
+  return end;
+}
+
+/**
+ * Header, info section, ref arrays and named refs, validated. `buf` holds the file from offset 0 at least
+ * up to metaEnd(); `fileSize` is the size of the whole file.
+ */
+function parseMeta(buf: Buffer, algorithm: HashAlgorithm, fileSize: number, opts: ReadSplitStreamOptions): SplitStreamMeta {
+  const header = parseHeader(buf, algorithm, fileSize);
   const i = header.info.start;
   const ranges = {
-    streamRefs: readRange(buf, i, 'stream_refs'),
-    objectRefs: readRange(buf, i + 16, 'object_refs'),
-    stream: readRange(buf, i + 32, 'stream'),
-    namedRefs: readRange(buf, i + 48, 'named_refs'),
+    streamRefs: readRange(buf, i, 'stream_refs', fileSize),
+    objectRefs: readRange(buf, i + 16, 'object_refs', fileSize),
+    stream: readRange(buf, i + 32, 'stream', fileSize),
+    namedRefs: readRange(buf, i + 48, 'named_refs', fileSize),
   };
   const contentType = buf.readBigUInt64LE(i + 64);
   if (opts.expectedContentType !== undefined && contentType !== toContentType(opts.expectedContentType)) {
@@ -201,24 +231,29 @@ export function readSplitStream(buf: Buffer, algorithm: HashAlgorithm, opts: Rea
   const size = DIGEST_SIZE[algorithm];
   const streamRefs = digestArray(buf, ranges.streamRefs, size, 'stream_refs');
   const objectRefs = digestArray(buf, ranges.objectRefs, size, 'object_refs');
-  const max = opts.maxDecompressed ?? 4 * 1024 ** 3;
   const namedRefs = parseNamedRefs(decompressSection(buf, ranges.namedRefs, 'named_refs', 1 << 26), streamRefs, ranges.namedRefs.start);
-  const data = decompressSection(buf, ranges.stream, 'stream', max);
+  return { header, ranges, contentType, streamSize, objectRefs, streamRefs, namedRefs };
+}
+
+function checkTotals(meta: SplitStreamMeta, inline: number, external: number): void {
+  const at = meta.header.info.start + 72;
+  if (inline > meta.streamSize) {
+    throw new FormatError(`splitstream holds ${inline} inline bytes but records a stream size of only ${meta.streamSize}`, at);
+  }
+  if (external === 0 && inline !== meta.streamSize) {
+    throw new FormatError(`splitstream has no external chunks, ${inline} inline bytes, but records a stream size of ${meta.streamSize}`, at);
+  }
+}
+
+/** Parse and validate a splitstream file held in memory. */
+export function readSplitStream(buf: Buffer, algorithm: HashAlgorithm, opts: ReadSplitStreamOptions = {}): SplitStream {
+  const meta = parseMeta(buf, algorithm, buf.length, opts);
+  const { ranges, objectRefs } = meta;
+  const data = decompressSection(buf, ranges.stream, 'stream', opts.maxDecompressed ?? 4 * 1024 ** 3);
   const { index, inline, external } = parseChunks(data, objectRefs.length, ranges.stream.start);
-  if (inline > streamSize) {
-    throw new FormatError(`splitstream holds ${inline} inline bytes but records a stream size of only ${streamSize}`, i + 72);
-  }
-  if (external === 0 && inline !== streamSize) {
-    throw new FormatError(`splitstream has no external chunks, ${inline} inline bytes, but records a stream size of ${streamSize}`, i + 72);
-  }
+  checkTotals(meta, inline, external);
   return {
-    header,
-    ranges,
-    contentType,
-    streamSize,
-    objectRefs,
-    streamRefs,
-    namedRefs,
+    ...meta,
     inlineSize: inline,
     externalChunks: external,
     *chunks(): Iterable<SplitStreamChunk> {
@@ -228,6 +263,144 @@ export function readSplitStream(buf: Buffer, algorithm: HashAlgorithm, opts: Rea
       }
     },
   };
+}
+
+/** Where readSplitStreamFile reads: a file handle (fs/promises) or anything with the same `read` and `stat`. */
+export interface SplitStreamFileSource {
+  read(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  stat(): Promise<{ size: number }>;
+}
+
+/**
+ * A splitstream read from a file piece by piece (readSplitStreamFile): header, ref arrays and named refs
+ * as in SplitStream; the chunk sequence is decompressed and checked while `chunks()` is iterated.
+ */
+export interface SplitStreamReader extends SplitStreamMeta {
+  /**
+   * The chunks in stream order, read from the file as they are consumed (iterate once). An inline chunk
+   * may arrive as several consecutive `inline` pieces (split where the decompressed data is); each piece is
+   * a view of a decompressed block — copy what you keep. A fault is a FormatError thrown by the iteration
+   * (offset as for readSplitStream), after the chunks before it have been yielded.
+   */
+  chunks(): AsyncGenerator<SplitStreamChunk, void, undefined>;
+}
+
+/** Compressed bytes read from the stream section per file read. */
+const READ_PIECE = 256 * 1024;
+
+async function readAt(file: SplitStreamFileSource, start: number, end: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(end - start);
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await file.read(buf, got, buf.length - got, start + got);
+    if (bytesRead === 0) throw new FormatError(`splitstream file ended at ${start + got} while reading up to ${end}`, start + got);
+    got += bytesRead;
+  }
+  return buf;
+}
+
+/**
+ * Parse a splitstream from a file without holding it (or its decompressed stream) in memory: the bytes up
+ * to the end of the named refs (normally a few KiB: header, info, ref arrays) are read and validated at
+ * once, the stream section only while `chunks()` is iterated, READ_PIECE compressed bytes at a time. Memory:
+ * the ref arrays plus about one decompressed zstd block. Same validation as readSplitStream, but faults in
+ * the chunk sequence surface during the iteration. The caller keeps `file` open until the iteration ends.
+ */
+export async function readSplitStreamFile(file: SplitStreamFileSource, algorithm: HashAlgorithm, opts: ReadSplitStreamOptions = {}): Promise<SplitStreamReader> {
+  const fileSize = (await file.stat()).size;
+  let prefix = await readAt(file, 0, Math.min(fileSize, 4096));
+  const grow = async (n: number): Promise<void> => {
+    if (n > prefix.length) prefix = await readAt(file, 0, n);
+  };
+  // Each step reads only fields the previous one showed to be inside the file.
+  await grow(Math.min(fileSize, HEADER_SIZE));
+  await grow(infoEnd(prefix, algorithm, fileSize));
+  await grow(metaEnd(prefix, algorithm, fileSize));
+  const meta = parseMeta(prefix, algorithm, fileSize, opts);
+  prefix = Buffer.alloc(0);
+  const { ranges, objectRefs } = meta;
+  const sectionStart = ranges.stream.start;
+  const max = opts.maxDecompressed ?? 4 * 1024 ** 3;
+  let iterated = false;
+
+  async function* compressed(): AsyncGenerator<Buffer> {
+    for (let pos = ranges.stream.start; pos < ranges.stream.end; pos += READ_PIECE) {
+      yield await readAt(file, pos, Math.min(ranges.stream.end, pos + READ_PIECE));
+    }
+  }
+
+  async function* chunks(): AsyncGenerator<SplitStreamChunk, void, undefined> {
+    if (iterated) throw new BootcfsError('EINTERNAL', 'SplitStreamReader.chunks() iterated twice');
+    iterated = true;
+    const blocks = zstdDecompressStream(compressed(), { maxOutput: max })[Symbol.asyncIterator]();
+    let cur: Buffer = Buffer.alloc(0);
+    /** Decompressed position of cur[0]. */
+    let pos = 0;
+    let eof = false;
+    const next = async (): Promise<boolean> => {
+      while (cur.length === 0) {
+        if (eof) return false;
+        let r: IteratorResult<Buffer>;
+        try {
+          r = await blocks.next();
+        } catch (e) {
+          if (e instanceof FormatError) throw new FormatError(`splitstream stream section: ${e.message}`, sectionStart + e.offset);
+          throw e;
+        }
+        if (r.done) eof = true;
+        else cur = r.value;
+      }
+      return true;
+    };
+    const head = Buffer.alloc(8);
+    let inline = 0;
+    let external = 0;
+    try {
+      for (;;) {
+        if (!(await next())) break;
+        const at = pos;
+        // chunk header (i64), possibly split across blocks
+        let got = 0;
+        while (got < 8) {
+          if (!(await next())) throw new FormatError(`splitstream stream: truncated chunk header at decompressed byte ${at}`, sectionStart);
+          const take = Math.min(8 - got, cur.length);
+          cur.copy(head, got, 0, take);
+          cur = cur.subarray(take);
+          got += take;
+          pos += take;
+        }
+        const v = head.readBigInt64LE(0);
+        if (v < 0n) {
+          if (-v > MAX_SAFE) throw new FormatError(`splitstream stream: inline chunk of ${-v} bytes at decompressed byte ${at} runs past the end`, sectionStart);
+          const n = Number(-v);
+          let left = n;
+          while (left > 0) {
+            if (!(await next())) {
+              throw new FormatError(`splitstream stream: inline chunk of ${n} bytes at decompressed byte ${at} runs past the end (${pos})`, sectionStart);
+            }
+            const take = Math.min(left, cur.length);
+            const piece = cur.subarray(0, take);
+            cur = cur.subarray(take);
+            left -= take;
+            pos += take;
+            yield { inline: piece };
+          }
+          inline += n;
+        } else {
+          if (v >= BigInt(objectRefs.length)) {
+            throw new FormatError(`splitstream stream: object reference ${v} at decompressed byte ${at} is out of range (${objectRefs.length} objects)`, sectionStart);
+          }
+          external++;
+          yield { object: objectRefs[Number(v)]! };
+        }
+      }
+      checkTotals(meta, inline, external);
+    } finally {
+      await blocks.return?.(undefined);
+    }
+  }
+
+  return { ...meta, chunks };
 }
 
 /**

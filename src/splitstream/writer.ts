@@ -42,18 +42,58 @@ export interface FinishedSplitStream {
   streamRefs: Buffer[];
 }
 
+/**
+ * Unique digests in order of first use, with their indices. A layer stream refers to tens of thousands of
+ * objects, so they are kept packed in one growing buffer (not one Buffer object and one hex key string
+ * each, ~300 bytes of heap per object), looked up through a small-integer hash of their first bytes.
+ */
 class DigestList {
-  readonly items: Buffer[] = [];
-  private readonly index = new Map<string, number>();
-  ensure(d: Buffer): number {
-    const key = d.toString('hex');
-    let i = this.index.get(key);
-    if (i === undefined) {
-      i = this.items.length;
-      this.items.push(Buffer.from(d));
-      this.index.set(key, i);
+  private data: Buffer;
+  private count = 0;
+  /** hash → index of the most recent digest with that hash; older ones are chained through `next`. */
+  private readonly head = new Map<number, number>();
+  private next = new Int32Array(64);
+
+  constructor(private readonly size: number) {
+    this.data = Buffer.alloc(64 * size);
+  }
+
+  get length(): number {
+    return this.count;
+  }
+
+  ensure(d: Uint8Array): number {
+    const size = this.size;
+    const key = ((d[0]! << 22) | (d[1]! << 14) | (d[2]! << 6) | (d[3]! >> 2)) >>> 0;
+    for (let i = this.head.get(key) ?? -1; i >= 0; i = this.next[i]!) {
+      if (this.data.compare(d, 0, size, i * size, (i + 1) * size) === 0) return i;
     }
+    const i = this.count++;
+    if (i * size + size > this.data.length) {
+      const bigger = Buffer.alloc(this.data.length * 2);
+      this.data.copy(bigger);
+      this.data = bigger;
+      const n = new Int32Array(this.next.length * 2);
+      n.set(this.next);
+      this.next = n;
+    }
+    this.data.set(d.subarray(0, size), i * size);
+    this.next[i] = this.head.get(key) ?? -1;
+    this.head.set(key, i);
     return i;
+  }
+
+  /** All digests, concatenated in index order. */
+  bytes(): Buffer {
+    return this.data.subarray(0, this.count * this.size);
+  }
+
+  /** The digests in index order (views of one buffer; do not modify). */
+  items(): Buffer[] {
+    const packed = Buffer.from(this.bytes());
+    const out: Buffer[] = [];
+    for (let o = 0; o < packed.length; o += this.size) out.push(packed.subarray(o, o + this.size));
+    return out;
   }
 }
 
@@ -66,8 +106,8 @@ export class SplitStreamWriter {
   private inline: Buffer[] = [];
   private inlineLen = 0;
   private total = 0;
-  private readonly objects = new DigestList();
-  private readonly streams = new DigestList();
+  private readonly objects: DigestList;
+  private readonly streams: DigestList;
   private readonly named = new Map<string, number>();
   private readonly stores: Promise<unknown>[] = [];
   private finished = false;
@@ -76,6 +116,8 @@ export class SplitStreamWriter {
     this.sink = sink;
     this.algorithm = opts.algorithm;
     this.contentType = toContentType(opts.contentType);
+    this.objects = new DigestList(DIGEST_SIZE[opts.algorithm] ?? 64);
+    this.streams = new DigestList(DIGEST_SIZE[opts.algorithm] ?? 64);
     this.zstd = new ZstdCompressStream(opts.level);
   }
 
@@ -122,7 +164,7 @@ export class SplitStreamWriter {
     }
     if (!Number.isSafeInteger(size) || size < 0) throw new BootcfsError('EINVAL', `invalid external object size ${size}`);
     this.flushInline();
-    const idx = this.objects.ensure(Buffer.from(digest));
+    const idx = this.objects.ensure(digest);
     const head = Buffer.alloc(8);
     head.writeBigInt64LE(BigInt(idx));
     this.emit(head);
@@ -152,7 +194,7 @@ export class SplitStreamWriter {
     if (streamDigest.length !== DIGEST_SIZE[this.algorithm]) {
       throw new BootcfsError('EINVAL', `stream digest is ${streamDigest.length} bytes, ${this.algorithm} digests are ${DIGEST_SIZE[this.algorithm]}`);
     }
-    this.named.set(name, this.streams.ensure(Buffer.from(streamDigest)));
+    this.named.set(name, this.streams.ensure(streamDigest));
   }
 
   /** Finish: waits for pending object stores and returns the splitstream file bytes. */
@@ -166,8 +208,8 @@ export class SplitStreamWriter {
     // Named refs sorted by the UTF-8 bytes of the name (Rust BTreeMap<Box<str>> order).
     const names = [...this.named.keys()].sort((a, b) => Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8')));
     const namedRefs = zstdCompress(Buffer.from(names.map((n) => `${this.named.get(n)}:${n}\0`).join(''), 'utf8'));
-    const streamRefs = Buffer.concat(this.streams.items);
-    const objectRefs = Buffer.concat(this.objects.items);
+    const streamRefs = this.streams.bytes();
+    const objectRefs = this.objects.bytes();
 
     const infoStart = HEADER_SIZE;
     const streamRefsStart = infoStart + INFO_SIZE;
@@ -198,8 +240,8 @@ export class SplitStreamWriter {
     return {
       bytes: Buffer.concat([head, streamRefs, objectRefs, namedRefs, stream]),
       streamSize: this.total,
-      objectRefs: this.objects.items,
-      streamRefs: this.streams.items,
+      objectRefs: this.objects.items(),
+      streamRefs: this.streams.items(),
     };
   }
 }

@@ -87,11 +87,15 @@ export class Inode {
   mtimeNsec: number;
   /** Link count as the source stated it (dumpfile NLINK, or 1 from a directory scan). */
   nlink: number;
-  xattrs: Map<ByteString, Buffer>;
+  /** The xattr map; undefined until the inode has one (see `xattrs`). */
+  private ownXattrs: Map<ByteString, Buffer> | undefined;
   rdev: number;
   size: number;
   content: Buffer | undefined;
-  payload: ByteString | undefined;
+  /** The payload when set explicitly (see `payload`). */
+  private ownPayload: ByteString | undefined;
+  /** setObjectDigest: the payload is `digestPath(digest)`, computed when read. */
+  private payloadIsDigestPath = false;
   digest: Buffer | undefined;
   target: ByteString | undefined;
   entries: Map<ByteString, Inode> | undefined;
@@ -103,14 +107,70 @@ export class Inode {
     this.mtimeSec = init.mtimeSec ?? 0;
     this.mtimeNsec = init.mtimeNsec ?? 0;
     this.nlink = init.nlink ?? 1;
-    this.xattrs = init.xattrs ?? new Map();
+    this.ownXattrs = init.xattrs;
     this.rdev = init.rdev ?? 0;
     this.size = init.size ?? 0;
     this.content = init.content;
-    this.payload = init.payload;
+    this.ownPayload = init.payload;
     this.digest = init.digest;
     this.target = init.target;
     this.entries = (init.mode & S_IFMT) === S_IFDIR ? new Map() : undefined;
+  }
+
+  /**
+   * The redirect payload. After `setObjectDigest(d)` it is `xx/yyyy…` (the hex of `digest`, split after the
+   * first byte) and follows `digest`; it is computed when read rather than stored (a string of 129 bytes per
+   * file of a large tree). Assigning `payload` stores that value instead.
+   */
+  get payload(): ByteString | undefined {
+    if (this.payloadIsDigestPath) return this.digest === undefined ? undefined : digestPath(this.digest);
+    return this.ownPayload;
+  }
+  set payload(p: ByteString | undefined) {
+    this.ownPayload = p;
+    this.payloadIsDigestPath = false;
+  }
+  /** Whether `payload` is the object path of `digest` (set by setObjectDigest; digest defined). */
+  get payloadIsObjectPath(): boolean {
+    return this.payloadIsDigestPath && this.digest !== undefined;
+  }
+  /** An external file's object: `digest` = d, `payload` = its object path `xx/yyyy…` (see `payload`). */
+  setObjectDigest(d: Buffer): void {
+    this.digest = d;
+    this.ownPayload = undefined;
+    this.payloadIsDigestPath = true;
+  }
+
+  /**
+   * xattr name → value. Most inodes have none, so no map is allocated for them (a tree of 40 000 files
+   * would spend ~8 MiB on empty maps): until the inode has its own map, this returns a new empty map that
+   * becomes the inode's map on its first `set()`. Reading, iterating, `delete` and `clear` on it are
+   * side-effect free; a reference kept after `inode.xattrs = other` is detached, as with any map.
+   * Readers that only look should prefer `hasXattrs` / `xattrsIfAny()`, which allocate nothing.
+   */
+  get xattrs(): Map<ByteString, Buffer> {
+    return this.ownXattrs ?? new PendingXattrs(this);
+  }
+  set xattrs(m: Map<ByteString, Buffer>) {
+    this.ownXattrs = m;
+  }
+  /** Whether the inode has at least one xattr. */
+  get hasXattrs(): boolean {
+    return this.ownXattrs !== undefined && this.ownXattrs.size > 0;
+  }
+  /** The inode's xattrs, or undefined when it has none (allocates nothing). Do not mutate. */
+  xattrsIfAny(): ReadonlyMap<ByteString, Buffer> | undefined {
+    return this.ownXattrs !== undefined && this.ownXattrs.size > 0 ? this.ownXattrs : undefined;
+  }
+  /** Drops every xattr (and the map). */
+  clearXattrs(): void {
+    this.ownXattrs = undefined;
+  }
+  /** @internal PendingXattrs: adopt `m` as the inode's map unless it got one meanwhile. */
+  adoptXattrs(m: Map<ByteString, Buffer>): boolean {
+    if (this.ownXattrs !== undefined) return false;
+    this.ownXattrs = m;
+    return true;
   }
 
   get type(): FileType {
@@ -138,6 +198,49 @@ export class Inode {
   setEntry(name: ByteString, child: Inode): void {
     if (!this.entries) throw new Error('setEntry on a non-directory');
     this.entries.set(name, child);
+  }
+}
+
+/** `xx/yyyy…`: the object path of a digest (the hex digits, split after the first byte), as one flat string. */
+export function digestPath(digest: Uint8Array): ByteString {
+  if (digest.byteLength === 0) return '/';
+  const d = Buffer.from(digest.buffer, digest.byteOffset, digest.byteLength);
+  const out = Buffer.allocUnsafe(2 * d.length + 1);
+  writeDigestPath(out, 0, d);
+  return out.toString('latin1');
+}
+
+const HEX_DIGITS = Buffer.from('0123456789abcdef', 'latin1');
+
+/**
+ * Writes digestPath(digest) into `buf` at `off` (2 × length + 1 bytes, nothing allocated; the digest must
+ * not be empty); returns the end.
+ */
+export function writeDigestPath(buf: Buffer, off: number, digest: Uint8Array): number {
+  let p = off;
+  for (let i = 0; i < digest.length; i++) {
+    buf[p++] = HEX_DIGITS[digest[i]! >> 4]!;
+    buf[p++] = HEX_DIGITS[digest[i]! & 15]!;
+    if (i === 0) buf[p++] = 0x2f; // '/'
+  }
+  return p;
+}
+
+/** The map `Inode.xattrs` returns for an inode without one: attaches itself to the inode on its first set(). */
+class PendingXattrs extends Map<ByteString, Buffer> {
+  private owner: Inode | undefined;
+  constructor(owner: Inode) {
+    super();
+    this.owner = owner;
+  }
+  override set(name: ByteString, value: Buffer): this {
+    // First write: this map becomes the inode's (unless the inode was given another map meanwhile, in
+    // which case this one is as detached as a replaced map would be).
+    if (this.owner !== undefined) {
+      this.owner.adoptXattrs(this);
+      this.owner = undefined;
+    }
+    return super.set(name, value);
   }
 }
 
