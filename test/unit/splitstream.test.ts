@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
-  SplitStreamWriter, readSplitStream, catSplitStream, contentTypeFromString, contentTypeToString, CONTENT_TYPE,
+  SplitStreamWriter, readSplitStream, readSplitStreamFile, catSplitStream, contentTypeFromString, contentTypeToString, CONTENT_TYPE,
   type SplitStreamChunk,
 } from '../../src/splitstream/index.js';
 import { zstdCompress, zstdDecompress, zstdDecompressStream, ZstdCompressStream } from '../../src/util/zstd.js';
@@ -325,6 +325,70 @@ test('splitstream: random corruption never escapes as anything but FormatError (
       assert.ok(e instanceof FormatError, `case ${i} (seed 0xbad5): ${(e as Error).stack}`);
     }
   }
+});
+
+/** A SplitStreamFileSource over a buffer that serves short reads (at most `piece` bytes) to exercise re-reading. */
+function bufferFile(b: Buffer, piece: number) {
+  return {
+    async read(buffer: Buffer, offset: number, length: number, position: number) {
+      const n = Math.max(0, Math.min(length, piece, b.length - position));
+      b.copy(buffer, offset, position, position + n);
+      return { bytesRead: n };
+    },
+    async stat() { return { size: b.length }; },
+  };
+}
+
+/** Chunks with consecutive inline pieces joined (the file reader may split an inline chunk). */
+function joinInline(chunks: SplitStreamChunk[]): SplitStreamChunk[] {
+  const out: SplitStreamChunk[] = [];
+  for (const c of chunks) {
+    const last = out[out.length - 1];
+    if ('inline' in c && last && 'inline' in last) out[out.length - 1] = { inline: Buffer.concat([last.inline, c.inline]) };
+    else out.push('inline' in c ? { inline: Buffer.from(c.inline) } : c);
+  }
+  return out.filter((c) => !('inline' in c) || c.inline.length > 0);
+}
+
+async function fileChunks(b: Buffer, alg: HashAlgorithm, piece: number): Promise<SplitStreamChunk[]> {
+  const r = await readSplitStreamFile(bufferFile(b, piece), alg);
+  const out: SplitStreamChunk[] = [];
+  for await (const c of r.chunks()) out.push('inline' in c ? { inline: Buffer.from(c.inline) } : c);
+  return out;
+}
+
+test('splitstream: the incremental file reader yields what the buffer reader does, and fails where it fails (seeded)', async () => {
+  const n = cases(30, 300);
+  let corruptBoth = 0;
+  for (let i = 0; i < n; i++) {
+    const seed = 0xf11e + i;
+    const rng = new Rng(seed);
+    const alg: HashAlgorithm = rng.bool() ? 'sha256' : 'sha512';
+    const b = await buildRandom(rng, alg);
+    const msg = `seed ${seed} (${alg})`;
+    for (const bytes of [b.bytes, toLegacy(b.bytes)]) {
+      const whole = readSplitStream(bytes, alg);
+      const r = await readSplitStreamFile(bufferFile(bytes, rng.int(1, 5000)), alg);
+      assert.equal(r.contentType, whole.contentType, msg);
+      assert.deepEqual(r.objectRefs, whole.objectRefs, msg);
+      assert.deepEqual([...r.namedRefs.entries()], [...whole.namedRefs.entries()], msg);
+      assert.deepEqual(joinInline(await fileChunks(bytes, alg, rng.int(1, 70000))), joinInline([...whole.chunks()]), msg);
+    }
+    // a corrupted copy: both readers reject it with FormatError, or both read the same chunks
+    const bad = Buffer.from(b.bytes);
+    for (let k = rng.int(1, 3); k > 0; k--) bad[rng.int(0, bad.length - 1)] ^= 1 + rng.int(0, 254);
+    let wholeChunks: SplitStreamChunk[] | Error;
+    let fileResult: SplitStreamChunk[] | Error;
+    try { wholeChunks = joinInline([...readSplitStream(bad, alg).chunks()]); } catch (e) { wholeChunks = e as Error; }
+    try { fileResult = joinInline(await fileChunks(bad, alg, 4096)); } catch (e) { fileResult = e as Error; }
+    if (wholeChunks instanceof Error || fileResult instanceof Error) {
+      assert.ok(wholeChunks instanceof FormatError && fileResult instanceof FormatError, `${msg}: corrupt stream: buffer reader ${String(wholeChunks instanceof Error ? wholeChunks.message : 'ok')}, file reader ${String(fileResult instanceof Error ? fileResult.message : 'ok')}`);
+      corruptBoth++;
+    } else {
+      assert.deepEqual(fileResult, wholeChunks, msg);
+    }
+  }
+  assert.ok(corruptBoth > 0, 'some corruptions were detected');
 });
 
 // -------------------------------------------------------------------------------------------- zstd
