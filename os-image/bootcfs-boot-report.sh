@@ -9,8 +9,11 @@
 #                fs-verity with the digest their name says, the first that does not
 #   canary       sha256 of /usr/share/bootcfs-demo/canary.txt, or the read error (EIO when its object was altered)
 #   etc          /etc/bootcfs-demo.conf (an /etc default that v2 of the image changes)
+#   esp          what is mounted at /boot once it is accessed (the ESP, mounted by systemd-gpt-auto-generator)
 #   status       `bootcfs status --json` on one line
 #   uptime       seconds since the kernel started, when this report ran (multi-user reached)
+# Test hook: when /etc/bootcfs-test-hook exists and is executable (tests put it there offline; the image
+# has none), it runs after these lines and before `done`, each line of its output prefixed `BOOTCFS-HOOK `.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 r() { printf 'BOOTCFS-REPORT %s\n' "$*"; }
 up=$(cut -d' ' -f1 /proc/uptime)
@@ -34,6 +37,11 @@ r "verity $verity"
 c=$(sha256sum /usr/share/bootcfs-demo/canary.txt 2>&1 | head -1)
 r "canary $c"
 r "etc $(grep -v '^#' /etc/bootcfs-demo.conf 2>&1 | tr '\n' ' ')"
+ls /boot/loader >/dev/null 2>&1
+r "esp $(findmnt -n -o SOURCE,FSTYPE /boot 2>&1 | tail -1)"
 st=$(bootcfs status --json 2>&1 | tr -d '\n' | tr -s ' ' ' ')
 r "status $st"
+if [ -x /etc/bootcfs-test-hook ]; then
+  /etc/bootcfs-test-hook 2>&1 | sed -u 's/^/BOOTCFS-HOOK /'
+fi
 r "done"

@@ -97,6 +97,15 @@ opts="ro,lowerdir=$RUN/erofs::$OBJS,metacopy=on,redirect_dir=on"
 mount -t overlay -o "$opts" "composefs:$D" "$RUN/root" || die "cannot mount the composefs overlay ($opts)"
 umount -l "$RUN/erofs" || die "cannot detach the erofs mount"
 
+# The root is an overlay, not a block device: tell systemd which disk the system booted from, so that
+# systemd-gpt-auto-generator (after switch-root) finds it and mounts the ESP at /boot (bootcfs status, upgrade,
+# rollback and finalize read and write the boot entries there).
+# (the generator wants the link to name /dev/block/MAJOR:MINOR)
+physdev=$(findmnt -n -o MAJ:MIN "$SYSROOT" 2>/dev/null | tail -1 | tr -d ' ')
+case $physdev in
+  [0-9]*:[0-9]*) mkdir -p /run/systemd && ln -sfn "/dev/block/$physdev" /run/systemd/volatile-root || die 'cannot create /run/systemd/volatile-root' ;;
+esac
+
 # moving mounts needs private parents (systemd makes / shared); systemd makes it shared again after switch-root
 mount --make-rprivate / || die 'cannot make / private'
 mount --bind "$STATE/etc" "$RUN/root/etc" || die 'cannot bind-mount /etc'

@@ -21,7 +21,7 @@ installkernel() {
 
 install() {
     # perl: only the interpreter and its shared libraries (bootcfs-verity-enable uses no perl modules)
-    inst_multiple fsverity mount umount mountpoint find perl cat mkdir rm sync
+    inst_multiple fsverity mount umount mountpoint find findmnt perl cat mkdir rm sync tail tr ln
     inst_simple "$moddir/bootcfs-lib.sh" /usr/lib/bootcfs/bootcfs-lib.sh
     inst_script "$moddir/bootcfs-setup-root.sh" /usr/lib/bootcfs/bootcfs-setup-root
     inst_script "$moddir/bootcfs-verity-enable.pl" /usr/lib/bootcfs/bootcfs-verity-enable

@@ -106,3 +106,27 @@ export function canaryContent(): Buffer {
   for (let i = 1; i <= 200; i++) s += `bootcfs canary line ${i}\n`;
   return Buffer.from(s);
 }
+
+/**
+ * Writes `data` as `/state/deploy/<digest>/etc/<relPath>` (the deployment's /etc) on the root partition of the
+ * installed disk, offline: debugfs -w on a read-write loop device at the partition's offset (replaces an
+ * existing file; the parent directory must exist). Owner root:root, permission bits `mode`.
+ */
+export function writeEtcFile(d: InstalledDisk, digest: string, relPath: string, data: Buffer | string, mode: number, work: string): void {
+  const src = `${work}/etc-write-${process.pid}`;
+  fs.writeFileSync(src, data);
+  const dest = `/state/deploy/${digest}/etc/${relPath.replace(/^\/+/, '')}`;
+  const loop = sh('losetup', ['-f', '--show', '-o', String(d.rootOffset), d.disk]).trim();
+  try {
+    const exists = spawnSync('debugfs', ['-R', `stat ${dest}`, loop]).stdout.toString().includes('Inode:');
+    const cmds = [...(exists ? [`rm ${dest}`] : []), `write ${src} ${dest}`, `sif ${dest} mode 0${(0o100000 | mode).toString(8)}`, `sif ${dest} uid 0`, `sif ${dest} gid 0`];
+    const r = spawnSync('debugfs', ['-w', '-f', '-', loop], { input: cmds.join('\n') + '\n' });
+    const err = r.stderr.toString().split('\n').filter((l) => l.trim() && !/^debugfs [0-9.]+ \(/.test(l));
+    if (r.status !== 0 || err.length > 0) throw new Error(`debugfs -w (${cmds.join('; ')}) failed: ${err.join('\n')}`);
+    const check = sh('debugfs', ['-R', `cat ${dest}`, loop]);
+    if (check !== fs.readFileSync(src, 'utf8')) throw new Error(`debugfs: ${dest} does not read back as written`);
+  } finally {
+    sh('losetup', ['-d', loop]);
+    fs.rmSync(src, { force: true });
+  }
+}

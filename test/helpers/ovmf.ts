@@ -164,6 +164,8 @@ export interface RunOvmfOptions {
   /** Let the guest reboot (default false: -no-reboot, a reset ends QEMU). */
   allowReboot?: boolean;
   memMiB?: number;
+  /** 'none' (default): no network; 'user': one virtio NIC on QEMU's user network (the host's loopback is 10.0.2.2). */
+  network?: 'none' | 'user';
   extraArgs?: string[];
 }
 
@@ -197,7 +199,8 @@ export async function runOvmf(o: RunOvmfOptions): Promise<RunOvmfResult> {
   const machine = sb ? ['-machine', 'q35,smm=on', '-global', 'driver=cfi.pflash01,property=secure,value=on'] : ['-machine', 'q35'];
   const args = [
     ...machine, '-accel', 'tcg', '-smp', '1', '-m', String(o.memMiB ?? 1024),
-    '-display', 'none', '-monitor', 'none', '-serial', 'stdio', '-nic', 'none',
+    '-display', 'none', '-monitor', 'none', '-serial', 'stdio',
+    ...(o.network === 'user' ? ['-nic', 'user,model=virtio-net-pci'] : ['-nic', 'none']),
     ...(o.allowReboot ? [] : ['-no-reboot']),
     '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${code}`,
     '-drive', `if=pflash,format=raw,unit=1,file=${vars}`,
