@@ -126,7 +126,8 @@ bootcfs demo: sealed boot verified
   composefs    $DIGEST
   signature    UKI on the ESP: $SIG (db key generated for this run)
   Secure Boot  SecureBoot=$(rep secureboot) (firmware variable, read in the guest)
-  root         $(rep root | cut -c1-160)
+  root         $(rep root | cut -d' ' -f1-2) $(rep root | grep -o 'verity=require' || echo 'WITHOUT verity=require')
+  ESP          $(rep esp) at /boot (mounted by systemd-gpt-auto-generator)
   fs-verity    $(rep verity)
                ${FIRST:-verity already enabled}
   file check   canary.txt sha256 $(rep canary | cut -d' ' -f1)

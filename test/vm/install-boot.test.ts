@@ -104,8 +104,7 @@ test('sealed: build-sealed → install to-disk → Secure Boot → verified comp
   assert.ok(Number(verity[1]) > 5000 && verity[1] === verity[2] && verity[3] === '0', `every object has fs-verity equal to its name: ${rep.get('verity')}`);
   assert.equal(rep.get('canary')!.split(' ')[0], createHash('sha256').update(canaryContent()).digest('hex'), 'a file reads as in the image');
   assert.match(rep.get('etc')!, /release=1/);
-  // whether systemd mounted the ESP at /boot (setup-root names the boot disk in /run/systemd/volatile-root)
-  console.log(`# ESP at /boot in the guest: ${rep.get('esp') || 'not mounted'}`);
+  assert.equal(rep.get('esp'), '/dev/vda1 vfat', 'systemd mounts the ESP at /boot (setup-root names the boot disk in /run/systemd/volatile-root)');
   const status = rep.get('status')!;
   let host: { status?: { booted?: { composefs?: { verity?: string; bootType?: string } } } };
   try {
