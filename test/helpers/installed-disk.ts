@@ -43,7 +43,9 @@ export function installToDisk(disk: string, source: string, extra: string[] = []
 export function blockOf(d: InstalledDisk, fsPath: string, offset: number): number {
   const loop = sh('losetup', ['-f', '--show', '-r', '-o', String(d.rootOffset), d.disk]).trim();
   try {
-    const out = sh('debugfs', ['-R', `bmap ${fsPath} ${Math.floor(offset / 4096)}`, loop]).trim();
+    // -c: the guest was stopped without unmounting, so the bitmaps on disk may not match their checksums
+    // until the journal is replayed; catastrophic mode reads without them (lookups and bmap need none)
+    const out = sh('debugfs', ['-c', '-R', `bmap ${fsPath} ${Math.floor(offset / 4096)}`, loop]).trim();
     const block = Number(out.split('\n').pop());
     if (!Number.isInteger(block) || block <= 0) throw new Error(`debugfs bmap ${fsPath}: ${out}`);
     return block;
