@@ -16,7 +16,7 @@
  *  6. garbage collection (the old rollback's boot files, state, tags and objects).
  */
 import { promises as fsp } from 'node:fs';
-import { syncfs } from '../sys/libc.js';
+import { syncfsPaths } from '../sys/libc.js';
 import { applyEtcMerge, EtcMergeConflictError } from './etc-merge.js';
 import {
   DeployError, deploymentComplete, imageOfDeployment, openSysrootRepository, planDeploymentEtcMerge, readDeploymentView, removeStagedEntries,
@@ -38,16 +38,7 @@ export async function finalizeStaged(ctx: DeployContext, opts: FinalizeOptions =
   return withDeployLock(ctx, () => finalizeLocked(ctx, opts));
 }
 
-async function syncRoots(ctx: DeployContext): Promise<void> {
-  for (const d of [ctx.sysroot, ctx.bootDir]) {
-    const h = await fsp.open(d, 'r');
-    try {
-      await syncfs(h.fd);
-    } finally {
-      await h.close();
-    }
-  }
-}
+const syncRoots = (ctx: DeployContext): Promise<void> => syncfsPaths(ctx.sysroot, ctx.bootDir);
 
 async function finalizeLocked(ctx: DeployContext, opts: FinalizeOptions): Promise<FinalizeResult> {
   const view = await readDeploymentView(ctx);

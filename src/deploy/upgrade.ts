@@ -33,7 +33,7 @@ import { pullImage, type LayerBytesEvent, type PullProgressEvent } from '../oci/
 import type { RegistryOptions } from '../oci/registry.js';
 import { openImageSource } from '../oci/source.js';
 import { listTreeDir } from '../seal/tree-files.js';
-import { syncfs } from '../sys/libc.js';
+import { syncfsPaths } from '../sys/libc.js';
 import { fsyncDir, writeFileAtomic } from '../util/atomic-file.js';
 import { EtcMergeConflictError } from './etc-merge.js';
 import {
@@ -266,14 +266,7 @@ async function upgradeLocked(ctx: DeployContext, opts: UpgradeOptions): Promise<
     const primary = { fileName: boot.entryPath.slice(boot.entryPath.lastIndexOf('/') + 1), entry: boot.entry };
     const secondary = rekey(current, entryOsId(current), false);
     await writeEntriesDir(ctx, 'entries.staged', [primary, secondary], view.live.foreign);
-    for (const d of [ctx.sysroot, ctx.bootDir]) {
-      const h = await fsp.open(d, 'r');
-      try {
-        await syncfs(h.fd);
-      } finally {
-        await h.close();
-      }
-    }
+    await syncfsPaths(ctx.sysroot, ctx.bootDir);
     await writeStagedMarker(ctx, { deplId: digest, finalizationLocked: opts.downloadOnly ?? false });
     staged = {
       kind: 'staged', reference: ref, deployment: digest, manifestDigest: pulled.manifestDigest, bootType: boot.bootType, downloadOnly: opts.downloadOnly ?? false,

@@ -26,7 +26,7 @@ import path from 'node:path';
 import { BootcfsError, NotSupportedError } from '../errors.js';
 import { enableVerity } from '../fsverity/kernel.js';
 import { fsyncDir, writeFileAtomic } from '../util/atomic-file.js';
-import { syncfs } from '../sys/libc.js';
+import { syncfsPaths } from '../sys/libc.js';
 import { InstallError, writeDeployment, type DeployOptions, type PreparedDeployment } from './deployment.js';
 import { buildFat32Image, fdSource, readFat32, writeFat32Image } from './fat.js';
 import { GPT_TYPE_ESP, GPT_TYPE_LINUX_ROOT_X86_64, planGpt, readGpt, writeGpt, type GptLayout } from './gpt.js';
@@ -269,10 +269,7 @@ export async function installToFilesystem(opts: InstallToFilesystemOptions): Pro
     await writeFileAtomic(target, f.data, { mode: 0o644 });
   }
   await fsyncDir(opts.bootMount);
-  for (const d of [opts.root, opts.bootMount]) {
-    const h = await fsp.open(d, 'r');
-    try { await syncfs(h.fd); } finally { await h.close(); }
-  }
+  await syncfsPaths(opts.root, opts.bootMount);
   const timings = { ...dep.timings, esp: Date.now() - t, total: Date.now() - t0 };
   return { ...dep, target: opts.root, rootUuid, timings };
 }

@@ -3,6 +3,7 @@
  * ioctl (fs-verity, loop), and the l*xattr family. Loaded lazily so that code paths that never need
  * them (and platforms without libc.so.6) do not pay for or fail on the load.
  */
+import { open } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { SystemError } from '../errors.js';
 
@@ -161,6 +162,18 @@ export async function flock(fd: number, op: number): Promise<void> {
     );
     if (r === 0) return;
     if (tryFlock(fd, op)) return;
+  }
+}
+
+/** syncfs(2) on the filesystems holding each of `paths` (opened read-only for the call). */
+export async function syncfsPaths(...paths: string[]): Promise<void> {
+  for (const p of paths) {
+    const h = await open(p, 'r');
+    try {
+      await syncfs(h.fd);
+    } finally {
+      await h.close();
+    }
   }
 }
 
