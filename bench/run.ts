@@ -19,6 +19,7 @@ const suites: Suite[] = [
   { name: 'oci-memory', load: () => import('./oci-memory.js') },
   { name: 'build-sealed', load: () => import('./build-sealed.js') },
   { name: 'install', load: () => import('./install.js') },
+  { name: 'day2', load: () => import('./day2.js') },
   { name: 'boot', load: () => import('./boot.js') },
 ];
 

@@ -11,6 +11,7 @@
 #   etc          /etc/bootcfs-demo.conf (an /etc default that v2 of the image changes)
 #   esp          what is mounted at /boot once it is accessed (the ESP, mounted by systemd-gpt-auto-generator)
 #   status       `bootcfs status --json` on one line
+#   status-ms    wall time of a second (warm) `bootcfs status --json`, and of `node -e 0` (the runtime's floor)
 #   uptime       seconds since the kernel started, when this report ran (multi-user reached)
 # Test hook: when /etc/bootcfs-test-hook exists and is executable (tests put it there offline; the image
 # has none), it runs after these lines and before `done`, each line of its output prefixed `BOOTCFS-HOOK `.
@@ -41,6 +42,8 @@ ls /boot/loader >/dev/null 2>&1
 r "esp $(findmnt -n -o SOURCE,FSTYPE /boot 2>&1 | tail -1)"
 st=$(bootcfs status --json 2>&1 | tr -d '\n' | tr -s ' ' ' ')
 r "status $st"
+ms() { s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
+r "status-ms warm=$(ms bootcfs status --json) node-floor=$(ms node -e 0)"
 if [ -x /etc/bootcfs-test-hook ]; then
   /etc/bootcfs-test-hook 2>&1 | sed -u 's/^/BOOTCFS-HOOK /'
 fi

@@ -32,6 +32,8 @@ export type FinalizeResult =
 
 export interface FinalizeOptions {
   noGc?: boolean;
+  /** Called once the staged deployment is known to be complete, before /etc is merged and the entries swapped. */
+  onBegin?: (deployment: string, previous: string | null) => void;
 }
 
 export async function finalizeStaged(ctx: DeployContext, opts: FinalizeOptions = {}): Promise<FinalizeResult> {
@@ -62,6 +64,7 @@ async function finalizeLocked(ctx: DeployContext, opts: FinalizeOptions): Promis
     const incomplete = await deploymentComplete(ctx, id, primary);
     if (incomplete !== undefined) throw new DeployError(`the staged deployment is incomplete (${incomplete}): not finalized, the current default stays`);
     const from = view.current;
+    opts.onBegin?.(id, from?.digest ?? null);
     let etc: { fromCurrent: number; fromNext: number } | null = null;
     if (from !== undefined && from.digest !== id) {
       // 4. /etc

@@ -63,6 +63,8 @@ export class InstallError extends BootcfsError {
 export interface DeployOptions {
   /** Image reference (oci:, oci-archive:, docker-archive:, docker://). */
   source: string;
+  /** The image reference recorded in the origin for later `upgrade`s (bootc's --target-imgref); default `source`. */
+  targetImgref?: string;
   registry?: RegistryOptions;
   /** Extra kernel arguments (Type 1 only: a sealed UKI's command line is signed). */
   kargs?: string[];
@@ -178,7 +180,7 @@ export async function writeDeployment(root: string, opts: DeployOptions): Promis
     });
 
     // 2. deployment state: etc/ (copy of the image's /etc), var -> shared /var, origin
-    etc = await writeDeploymentState(root, digest, tree, read, { imageReference: opts.source, bootType: boot.bootType, bootDigest: boot.bootDigest, manifestDigest: pulled.manifestDigest, extra: [] });
+    etc = await writeDeploymentState(root, digest, tree, read, { imageReference: opts.targetImgref ?? opts.source, bootType: boot.bootType, bootDigest: boot.bootDigest, manifestDigest: pulled.manifestDigest, extra: [] });
     lap('state');
 
     prepared = {

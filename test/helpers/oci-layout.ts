@@ -298,3 +298,50 @@ export function writeOciLayout(dir: string, opts: WriteLayoutOptions): WrittenIm
     mediaTypes: layerDescs.map((d) => d.mediaType),
   };
 }
+
+/**
+ * Writes `<destDir>:<destTag>` = image `<srcDir>:<srcTag>` plus one more (uncompressed) layer `tar`:
+ * the source's layer blobs are hard-linked (copied across filesystems), its config gets the layer's
+ * diff_id, a history entry and the extra `labels`. For "the registry got a new version" in the day-2 tests.
+ */
+export function deriveImage(srcDir: string, srcTag: string, destDir: string, destTag: string, tar: Buffer, labels: Record<string, string> = {}): WrittenImage {
+  const blob = (dir: string, digest: string): string => path.join(dir, 'blobs', 'sha256', digest.replace(/^sha256:/, ''));
+  const index = JSON.parse(fs.readFileSync(path.join(srcDir, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string; annotations?: Record<string, string> }> };
+  const entry = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === srcTag);
+  if (!entry) throw new Error(`${srcDir} has no tag ${srcTag}`);
+  const manifest = JSON.parse(fs.readFileSync(blob(srcDir, entry.digest), 'utf8')) as { config: { digest: string }; layers: Array<{ mediaType: string; digest: string; size: number }> } & Record<string, unknown>;
+  const config = JSON.parse(fs.readFileSync(blob(srcDir, manifest.config.digest), 'utf8')) as {
+    config?: { Labels?: Record<string, string> } & Record<string, unknown>; rootfs: { diff_ids: string[] }; history?: unknown[];
+  } & Record<string, unknown>;
+  fs.mkdirSync(path.join(destDir, 'blobs', 'sha256'), { recursive: true });
+  fs.writeFileSync(path.join(destDir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  for (const l of manifest.layers) {
+    const to = blob(destDir, l.digest);
+    if (fs.existsSync(to)) continue;
+    try {
+      fs.linkSync(blob(srcDir, l.digest), to);
+    } catch {
+      fs.copyFileSync(blob(srcDir, l.digest), to);
+    }
+  }
+  const layerDigest = writeBlob(destDir, tar);
+  config.rootfs.diff_ids = [...config.rootfs.diff_ids, layerDigest];
+  config.history = [...(config.history ?? []), { created_by: 'bootcfs test: derived image layer' }];
+  config.config = { ...(config.config ?? {}), Labels: { ...(config.config?.Labels ?? {}), ...labels } };
+  const configBytes = Buffer.from(JSON.stringify(config));
+  const configDigest = writeBlob(destDir, configBytes);
+  const layers = [...manifest.layers, { mediaType: MEDIA.none, digest: layerDigest, size: tar.length }];
+  const manifestBytes = Buffer.from(JSON.stringify({ ...manifest, config: { ...manifest.config, digest: configDigest, size: configBytes.length }, layers }));
+  const manifestDigest = writeBlob(destDir, manifestBytes);
+  const indexPath = path.join(destDir, 'index.json');
+  const destIndex = fs.existsSync(indexPath)
+    ? (JSON.parse(fs.readFileSync(indexPath, 'utf8')) as { manifests: Array<Record<string, unknown>> })
+    : { schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [] };
+  destIndex.manifests = destIndex.manifests.filter((m) => (m.annotations as Record<string, string> | undefined)?.['org.opencontainers.image.ref.name'] !== destTag);
+  destIndex.manifests.push({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: manifestDigest, size: manifestBytes.length, annotations: { 'org.opencontainers.image.ref.name': destTag } });
+  fs.writeFileSync(indexPath, JSON.stringify(destIndex));
+  return {
+    dir: destDir, tag: destTag, manifestDigest, manifestSize: manifestBytes.length, configDigest,
+    layerDigests: layers.map((l) => l.digest), diffIds: config.rootfs.diff_ids, mediaTypes: layers.map((l) => l.mediaType),
+  };
+}

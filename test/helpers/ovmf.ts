@@ -167,6 +167,12 @@ export interface RunOvmfOptions {
   /** 'none' (default): no network; 'user': one virtio NIC on QEMU's user network (the host's loopback is 10.0.2.2). */
   network?: 'none' | 'user';
   extraArgs?: string[];
+  /**
+   * Called with the whole (ANSI-stripped) serial output so far whenever more arrives, and a function that
+   * kills QEMU now (a power cut): lets a test act while the guest runs (push an image, cut the power at
+   * a given moment). Its `powerCut` result field is then true.
+   */
+  onSerial?: (serial: string, powerCut: () => void) => void;
 }
 
 export interface RunOvmfResult {
@@ -178,6 +184,8 @@ export interface RunOvmfResult {
   /** the line that matched `refusal`, if any */
   refusalLine?: string;
   timedOut: boolean;
+  /** onSerial cut the power */
+  powerCut: boolean;
   /** the variable store QEMU used (a copy unless varsInPlace) */
   varsUsed: string;
 }
@@ -215,6 +223,7 @@ export async function runOvmf(o: RunOvmfOptions): Promise<RunOvmfResult> {
     let matched = false;
     let refused = false;
     let timedOut = false;
+    let powerCut = false;
     let refusalLine: string | undefined;
     const stop = () => {
       if (q.exitCode === null && q.signalCode === null) q.kill('SIGKILL');
@@ -225,8 +234,13 @@ export async function runOvmf(o: RunOvmfOptions): Promise<RunOvmfResult> {
     }, o.timeoutMs);
     const onData = (d: Buffer) => {
       raw += d.toString('latin1');
-      if (matched || refused) return;
+      if (matched || refused || powerCut) return;
       const clean = stripAnsi(raw);
+      o.onSerial?.(clean, () => {
+        powerCut = true;
+        stop();
+      });
+      if (powerCut) return;
       if (o.until.test(clean)) {
         matched = true;
         stop();
@@ -247,7 +261,7 @@ export async function runOvmf(o: RunOvmfOptions): Promise<RunOvmfResult> {
       const serial = stripAnsi(raw);
       if (!matched && o.until.test(serial)) matched = true;
       if (refused && refusal) refusalLine = serial.split('\n').find((l) => refusal.test(l))?.trim();
-      resolve({ serial, durationMs: Date.now() - t0, matched, refused, ...(refusalLine ? { refusalLine } : {}), timedOut, varsUsed: vars });
+      resolve({ serial, durationMs: Date.now() - t0, matched, refused, ...(refusalLine ? { refusalLine } : {}), timedOut, powerCut, varsUsed: vars });
     });
   });
 }

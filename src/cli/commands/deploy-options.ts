@@ -62,9 +62,21 @@ export function requireBootedForApply(values: { root?: string; apply?: boolean }
   if (values.apply && values.root !== undefined) throw new UsageError('--apply reboots the running system: it cannot be combined with --root');
 }
 
+/**
+ * Reboots through systemd. Without a D-Bus system bus (minimal images) `systemctl reboot` cannot ask
+ * logind first, says so, and may exit non-zero although it queued reboot.target through systemd's
+ * private socket: then the system is going down ("stopping"), which is success.
+ */
 export function reboot(): void {
-  const r = spawnSync('systemctl', ['reboot'], { stdio: 'inherit' });
-  if (r.status !== 0) throw new BootcfsError('EIO', `systemctl reboot failed (${r.error?.message ?? `exit ${r.status}`})`);
+  const r = spawnSync('systemctl', ['reboot'], { stdio: ['ignore', 'inherit', 'pipe'] });
+  if (r.status === 0) return;
+  const err = r.error?.message ?? (r.stderr?.toString().trim() || `exit ${r.status}`);
+  for (let i = 0; i < 20; i++) {
+    const s = spawnSync('systemctl', ['is-system-running'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    if (s.stdout?.toString().trim() === 'stopping') return;
+    spawnSync('sleep', ['0.5']);
+  }
+  throw new BootcfsError('EIO', `systemctl reboot failed: ${err}`);
 }
 
 export const FINALIZE_UNIT = 'bootcfs-finalize-staged.service';

@@ -31,7 +31,9 @@ export const command: Command = {
     if (positionals.length !== 0) throw new UsageError('composefs-finalize-staged takes no arguments');
     const ctx = await contextFrom(values);
     const { finalizeStaged } = await import('../../deploy/finalize.js');
-    const r = await finalizeStaged(ctx);
+    const r = await finalizeStaged(ctx, {
+      onBegin: (id) => process.stderr.write(`Finalizing staged deployment ${id}: merging /etc, then swapping the boot entries\n`),
+    });
     await writeOut(process.stdout, values.json ? `${JSON.stringify(r, null, 2)}\n` : `${r.message}\n`);
     return 0;
   },

@@ -4,6 +4,7 @@
 import type { Command } from '../command.js';
 import { parseCli, UsageError, writeOut } from '../command.js';
 import { ProgressReporter } from '../../util/progress.js';
+import { parseImageReference } from '../../oci/reference.js';
 import type { HashAlgorithm } from '../../fsverity/digest.js';
 import type { InstallResult } from '../../install/install.js';
 import type { PullProgressEvent } from '../../oci/pull.js';
@@ -24,6 +25,8 @@ The partition table is written last: an interrupted install leaves a disk with n
 
 Options:
   --source IMAGE           the image to install (alias: --source-imgref)
+  --target-imgref IMAGE    the image reference 'bootcfs upgrade' fetches later (default: IMAGE), e.g.
+                           docker://registry/os:stable when installing from a local copy
   --wipe                   erase an existing partition table
   --via-loopback           accepted for bootc compatibility (image files need no loop device here)
   --create SIZE            create the image file with SIZE (e.g. 4G) when it does not exist
@@ -52,6 +55,7 @@ is deferred to the first boot (composefs/.verity-pending). The boot entry is wri
 
 Options:
   --source IMAGE           the image to install (alias: --source-imgref)
+  --target-imgref IMAGE    the image reference 'bootcfs upgrade' fetches later (default: IMAGE)
   --boot-mount ESP         the mounted ESP
   --root-uuid UUID         root filesystem UUID for Type 1 entries (default: from findmnt)
   --karg, --allow-missing-verity, --hash, --boot-timeout, --tls-verify, --progress-fd, --json,
@@ -85,6 +89,7 @@ export function parseSize(v: string, what: string): number {
 const COMMON = {
   source: { type: 'string' },
   'source-imgref': { type: 'string' },
+  'target-imgref': { type: 'string' },
   karg: { type: 'string', multiple: true },
   'allow-missing-verity': { type: 'boolean' },
   bootloader: { type: 'string' },
@@ -98,7 +103,7 @@ const COMMON = {
 } as const;
 
 interface CommonValues {
-  source?: string; 'source-imgref'?: string; karg?: string[]; 'allow-missing-verity'?: boolean; bootloader?: string;
+  source?: string; 'source-imgref'?: string; 'target-imgref'?: string; karg?: string[]; 'allow-missing-verity'?: boolean; bootloader?: string;
   hash?: string; 'boot-timeout'?: string; 'tls-verify'?: string; 'progress-fd'?: string; json?: boolean;
 }
 
@@ -112,8 +117,11 @@ function common(values: CommonValues, progress: ProgressReporter) {
   if (tv !== undefined && tv !== 'true' && tv !== 'false') throw new UsageError(`--tls-verify takes true or false, not '${tv}'`);
   const bt = values['boot-timeout'];
   if (bt !== undefined && !/^[0-9]{1,4}$/.test(bt)) throw new UsageError(`--boot-timeout takes seconds, not '${bt}'`);
+  const target = values['target-imgref'];
+  if (target !== undefined) parseImageReference(target); // a typo fails now, not at the first upgrade
   return {
     source,
+    targetImgref: target,
     kargs: values.karg ?? [],
     allowMissingVerity: values['allow-missing-verity'] ?? false,
     algorithm: hash as HashAlgorithm,
