@@ -1,12 +1,13 @@
 /**
  * Streaming layer decompression by media type: plain tar, gzip (node:zlib, multi-member) and zstd
- * (fzstd: every frame of a multi-frame stream, skippable frames ignored — zstd:chunked layers are
- * exactly that, and a decoder stopping at the first frame boundary truncates them, bootc#2408).
+ * (libzstd through util/zstd.ts: every frame of a multi-frame stream, skippable frames ignored —
+ * zstd:chunked layers are exactly that, and a decoder stopping at the first frame boundary truncates
+ * them, bootc#2408).
  */
 import { createGunzip } from 'node:zlib';
 import { Readable } from 'node:stream';
-import { Decompress as ZstdDecompress } from 'fzstd';
-import { BootcfsError } from '../errors.js';
+import { BootcfsError, FormatError } from '../errors.js';
+import { zstdDecompressStream } from '../util/zstd.js';
 import { layerCompression, type LayerCompression } from './types.js';
 
 export class DecompressionError extends BootcfsError {
@@ -61,27 +62,20 @@ async function* gunzipStream(input: AsyncIterable<Uint8Array>, what: string): As
 }
 
 async function* zstdStream(input: AsyncIterable<Uint8Array>, what: string): AsyncGenerator<Uint8Array> {
-  let out: Uint8Array[] = [];
-  // fzstd may hand out views into its window buffer that it later overwrites: copy each output.
-  const decoder = new ZstdDecompress((data) => {
-    if (data.length > 0) out.push(Uint8Array.prototype.slice.call(data));
-  });
   let sawInput = false;
-  const push = (chunk: Uint8Array, final: boolean): Uint8Array[] => {
-    try {
-      decoder.push(chunk, final);
-    } catch (e) {
-      throw new DecompressionError(what, `zstd: ${(e as Error).message}`, { cause: e });
+  async function* nonEmpty(): AsyncGenerator<Uint8Array> {
+    for await (const chunk of input) {
+      if (chunk.length === 0) continue;
+      sawInput = true;
+      yield chunk;
     }
-    const ready = out;
-    out = [];
-    return ready;
-  };
-  for await (const chunk of input) {
-    if (chunk.length === 0) continue;
-    sawInput = true;
-    for (const o of push(chunk, false)) yield o;
+  }
+  try {
+    yield* zstdDecompressStream(nonEmpty());
+  } catch (e) {
+    // the decoder's errors become this layer's; the source's (a digest mismatch...) pass unchanged
+    if (e instanceof FormatError) throw new DecompressionError(what, `zstd: ${e.message}`, { cause: e });
+    throw e;
   }
   if (!sawInput) throw new DecompressionError(what, 'zstd: empty input');
-  for (const o of push(new Uint8Array(0), true)) yield o;
 }

@@ -26,6 +26,7 @@
  * The stream is read piece by piece (readSplitStreamFile), so memory holds the tree, not the stream.
  */
 import * as fsp from 'node:fs/promises';
+import { statSync } from 'node:fs';
 import { BootcfsError, FormatError, NotSupportedError } from '../errors.js';
 import { fsverityDigest, type HashAlgorithm } from '../fsverity/index.js';
 import { writeImageV1Taking } from '../erofs/writer-v1.js';
@@ -78,7 +79,8 @@ async function objectSize(repo: Repository, digest: Buffer, known: ObjectSizes |
   const size = known?.get(digest.toString('hex'));
   if (size !== undefined) return size;
   try {
-    return (await fsp.stat(repo.objectPath(digest))).size;
+    // synchronous: see Repository's exists() — a stat per object of every layer
+    return statSync(repo.objectPath(digest)).size;
   } catch (e) {
     throw new BootcfsError('ENOENT', `object ${digest.toString('hex')} referenced by a layer stream is missing (${(e as Error).message}); run fsck`);
   }
@@ -170,17 +172,19 @@ function printable(s: string): string {
  * Every external object is checked to exist with the size its tar header gives, except:
  * `objectSizes`: sizes of objects the caller knows, so they are not stat()ed;
  * `opts.layersStoredByCaller`: diff_ids of layers whose objects the caller (pull) has just stored from the
- * very tar entries their streams describe; their objects are not checked again (no per-object lookup).
+ * very tar entries their streams describe; their objects are not checked again (no per-object lookup);
+ * `opts.trustObjects`: no layer's objects are checked — for callers that read file contents only through
+ * a verifying reader (`repositoryContentReader`) or check the objects themselves (`writeImage` does).
  */
 export async function buildImageTree(
   repo: Repository,
   diffIds: readonly string[],
   objectSizes?: ObjectSizes,
-  opts: { bootable?: boolean; layersStoredByCaller?: ReadonlySet<string> } = {},
+  opts: { bootable?: boolean; layersStoredByCaller?: ReadonlySet<string>; trustObjects?: boolean } = {},
 ): Promise<FileSystem> {
   const builder = new LayerTreeBuilder();
   for (const diffId of diffIds) {
-    const trusted = opts.layersStoredByCaller?.has(diffId) === true;
+    const trusted = opts.trustObjects === true || opts.layersStoredByCaller?.has(diffId) === true;
     await applyLayerStream(repo, builder, layerStreamName(diffId), objectSizes, trusted);
   }
   const fs = builder.finish();

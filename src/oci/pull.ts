@@ -259,8 +259,6 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     const unique = [...new Map(order.map((l) => [l.diffId, l])).values()].sort((a, b) => b.desc.size - a.desc.size);
     let layersImported = 0;
     let layersSkipped = 0;
-    // Layers imported by this pull: the tree is built without looking at each of their objects again.
-    const storedLayers = new Set<string>();
     await boundedAll(unique, LAYER_CONCURRENCY, async ({ desc, diffId }) => {
       const ev = { diffId, digest: desc.digest, size: desc.size };
       if (await repo.hasStream(layerStreamName(diffId))) {
@@ -270,7 +268,6 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
       }
       opts.onProgress?.({ kind: 'layer-start', ...ev });
       const r = await importLayer(repo, source, desc, diffId);
-      storedLayers.add(diffId);
       layersImported++;
       opts.onProgress?.({ kind: 'layer-done', ...ev, objects: r.objects, inlineBytes: r.inlineBytes });
     });
@@ -285,7 +282,9 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     // 3. the composefs image
     // The tree is dropped as soon as its last image is built: writeImage then reads the image back (its
     // object check) and the whole pull's memory peak is there, so nothing else should still be held.
-    let tree: FileSystem | undefined = await buildImageTree(repo, diffIds, undefined, { layersStoredByCaller: storedLayers });
+    // (objects of layers stored earlier are not stat()ed here: writeImage checks that every object the
+    // image names exists, and their content was verified when they were stored)
+    let tree: FileSystem | undefined = await buildImageTree(repo, diffIds, undefined, { trustObjects: true });
     let image: Buffer | undefined = opts.bootable
       ? writeImageBytes(tree, repo.erofsFormat, repo.algorithm)
       : writeImageBytesTaking(() => {
