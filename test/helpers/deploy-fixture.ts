@@ -149,6 +149,15 @@ export function cli(verb: string, args: string[]): RunResult {
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** `cli` with `--progress-fd 3` added and file descriptor 3 captured: the progress JSON lines. */
+export function cliWithProgress(verb: string, args: string[]): RunResult & { progress: Array<Record<string, unknown>> } {
+  const r = spawnSync(process.execPath, [DEPLOY_CLI, verb, '--progress-fd', '3', ...args], { maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+  if (r.error) throw r.error;
+  const fd3 = (r.output[3] as Buffer | null)?.toString() ?? '';
+  const progress = fd3.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr, progress };
+}
+
 /** Files and bytes under a directory (regular files; symlinks counted as files of 0 bytes). */
 export function usage(dir: string): { files: number; bytes: number } {
   let files = 0;

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import path from 'node:path';
 import { cases, isRoot } from '../helpers/ref.js';
-import { bootDigestOf, cli, installSystem, ROOT_UUID, setCurrent, usage, writeImage, type System, type Variant } from '../helpers/deploy-fixture.js';
+import { bootDigestOf, cli, cliWithProgress, installSystem, ROOT_UUID, setCurrent, usage, writeImage, type System, type Variant } from '../helpers/deploy-fixture.js';
 import { readHostStatus } from '../../src/deploy/status.js';
 import { deploymentComplete, listEntries, readDeploymentView, type DeployContext } from '../../src/deploy/deployments.js';
 import { rollback } from '../../src/deploy/rollback.js';
@@ -97,8 +97,14 @@ test('upgrade --check reports the update and its new bytes, and writes nothing',
 test('upgrade v1→v2 stages: loader/entries.staged exactly as bootc, the marker, the state; status shows it staged', async () => {
   const v1 = sys.installed;
   const liveBefore = readEntries(sys);
-  const r = cli('upgrade', sys.args);
+  const r = cliWithProgress('upgrade', sys.args);
   assert.equal(r.status, 0, r.stderr.toString());
+  // --progress-fd: JSON lines for the pull — the shared base layer skipped, the others imported
+  const kinds = r.progress.map((e) => e.type);
+  assert.ok(kinds.includes('layer-start') && kinds.includes('layer-done'), `progress events: ${JSON.stringify(r.progress)}`);
+  assert.ok(r.progress.some((e) => e.type === 'layer-done' && e.skipped === true), 'the layer the repository has is reported skipped');
+  assert.ok(r.progress.some((e) => e.type === 'layer-done' && e.skipped !== true), 'the new layers are reported imported');
+  for (const e of r.progress) assert.equal(typeof e.ts, 'number');
   const marker = JSON.parse(fs.readFileSync(path.join(sys.run, 'composefs/staged-deployment'), 'utf8')) as { depl_id: string };
   v2 = marker.depl_id;
   assert.match(v2, /^[0-9a-f]{128}$/);
