@@ -352,9 +352,10 @@ test('v1 → /etc edits → upgrade to v2 from a registry → reboot (finalize) 
 });
 
 /**
- * The power-cut scenario's hook: boot 1 stages v2 (`upgrade`) and waits for the power cut (no shutdown:
- * nothing finalized); boot 2 (v1 again, nothing staged) stages again and reboots with `--apply` (the host
- * cuts the power while the finalize unit runs at shutdown); boot 3 only reports.
+ * The power-cut scenario's hook: boot 1 starts `upgrade` and the host cuts the power while it runs;
+ * boot 2 (v1, nothing staged) checks the repository (fsck), stages v2 and waits for the power cut (no
+ * shutdown: nothing finalized); boot 3 (v1 again) stages again and reboots with `--apply` (the host cuts
+ * the power while the finalize unit runs at shutdown); boot 4 checks and reports.
  */
 function powerCutHook(hostPort: string): string {
   return `#!/bin/sh
@@ -365,20 +366,28 @@ case $phase in
 0)
   printf 'local=edited-on-v1\\n' >> /etc/bootcfs-demo.conf
   net
+  echo 1 > $S; sync
+  echo "upgrading: the power goes during the upgrade"
+  bootcfs upgrade --quiet $U
+  echo "upgrade-finished-before-the-cut $?"
+  sleep 600
+  ;;
+1)
+  step fsck bootcfs internals fsck
+  net
   if step upgrade bootcfs upgrade --quiet $U; then
     echo "status-staged $(json)"
-    echo 1 > $S; sync
+    echo 2 > $S; sync
     echo "staged: waiting for the power cut"
     sleep 600
   else
     echo "FAIL upgrade"
   fi
   ;;
-1)
-  step fsck bootcfs internals fsck
+2)
   net
   if step upgrade bootcfs upgrade --quiet $U; then
-    echo 2 > $S; sync
+    echo 3 > $S; sync
     echo "staged again: rebooting, the power goes while finalizing"
     bootcfs upgrade --apply --quiet $U
   else
@@ -393,7 +402,7 @@ esac
 `;
 }
 
-test('power cut right after staging, then during finalize at shutdown → the old or the new deployment boots, consistent', { timeout: 45 * 60_000 }, async () => {
+test('power cut during the upgrade, right after staging, and during finalize at shutdown → the old or the new deployment boots, consistent', { timeout: 60 * 60_000 }, async () => {
   registry ??= await startRegistry();
   skopeoCopy(`oci:${image.layout}:v2`, `docker://${registry.host}/demo:stable`, ['--dest-tls-verify=false']);
   const hostPort = `10.0.2.2:${registry.port}`;
@@ -404,69 +413,89 @@ test('power cut right after staging, then during finalize at shutdown → the ol
   // the same machine every run (NIC included: without it the disk's PCI address moves and OVMF's stored boot order misses it)
   const machine = { disk: d.disk, vars, varsInPlace: true, secureBoot: false, allowReboot: true, network: 'user' as const, memMiB: 1536 };
   const stops = `${FATAL.source}|${SHELL_OFFERED.source}|${HOOK_FAIL.source}`;
-
-  // 1. power cut after staging
-  await waitForNoOtherVm();
-  const STAGED = /BOOTCFS-HOOK staged: waiting for the power cut/;
-  const r1 = await runOvmf({ ...machine, timeoutMs: 15 * 60_000, until: new RegExp(`${STAGED.source}|${stops}`), onSerial: liveLog('/var/tmp/bootcfs-upgrade-boot-cut1-serial.log') });
-  const c1 = boots(r1.serial)[0];
-  console.log(`# power cut run 1: ${(r1.durationMs / 1000).toFixed(1)} s (QEMU killed after staging)`);
-  assert.ok(r1.matched && STAGED.test(r1.serial), `v2 was not staged:\n${tail(r1.serial)}`);
-  const v2 = parseStatus(c1!.hook.get('status-staged'), 'staged').status?.staged?.composefs?.verity;
-  assert.ok(v2 && v2 !== v1);
-
-  // 2. v1 boots, nothing staged; it stages again and reboots; the power goes while finalize runs
   const rng = new Rng(Number(process.env.BOOTCFS_SEED ?? 0x6f1a));
-  const delayMs = rng.int(0, 4000);
-  let cutAt: string | undefined;
-  let timer: NodeJS.Timeout | undefined;
-  const log2 = liveLog('/var/tmp/bootcfs-upgrade-boot-cut2-serial.log');
-  const r2 = await runOvmf({
-    ...machine, timeoutMs: 20 * 60_000, until: new RegExp(`BOOTCFS-REPORT uptime[\\s\\S]*BOOTCFS-REPORT uptime|${stops}`),
-    onSerial: (serial, powerCut) => {
-      log2(serial);
-      if (timer === undefined && /Finalizing staged deployment [0-9a-f]+/.test(serial)) {
+  const noBreakage = (serial: string): void => {
+    assert.doesNotMatch(serial, FATAL, tail(serial));
+    assert.doesNotMatch(serial, SHELL_OFFERED, tail(serial));
+    assert.doesNotMatch(serial, HOOK_FAIL, tail(serial));
+  };
+  /** Cuts the power `delayMs` after `marker` first appears; the last console line before the cut. */
+  const cutAfter = (marker: RegExp, delayMs: number, logFile: string) => {
+    const log = liveLog(logFile);
+    let timer: NodeJS.Timeout | undefined;
+    const state = { lastLine: undefined as string | undefined, clear: () => clearTimeout(timer) };
+    const onSerial = (serial: string, powerCut: () => void): void => {
+      log(serial);
+      if (timer === undefined && marker.test(serial)) {
         timer = setTimeout(() => {
-          cutAt = serial.split('\n').filter((l) => l.trim()).slice(-1)[0];
+          state.lastLine = serial.split('\n').filter((l) => l.trim()).slice(-1)[0];
           powerCut();
         }, delayMs);
       }
-    },
-  });
-  clearTimeout(timer);
-  const c2 = boots(r2.serial)[0];
-  console.log(`# power cut run 2: ${(r2.durationMs / 1000).toFixed(1)} s; power cut ${delayMs} ms after "Finalizing staged deployment" (last line before: ${cutAt ?? 'none'}); finalized before the cut: ${/Finalized staged deployment/.test(r2.serial)}`);
-  assert.doesNotMatch(r2.serial, FATAL, tail(r2.serial));
-  assert.doesNotMatch(r2.serial, SHELL_OFFERED, tail(r2.serial));
-  assert.doesNotMatch(r2.serial, HOOK_FAIL, tail(r2.serial));
-  assert.ok(c2?.report.has('done') || c2?.hookLines.length, `no boot report after the first power cut:\n${tail(r2.serial)}`);
-  assert.equal(c2!.hook.get('phase'), '1');
-  const s = parseStatus(c2!.hook.get('status'), 'after the first power cut').status;
-  assert.equal(s?.booted?.composefs?.verity, v1, 'the old deployment boots: nothing was finalized');
-  assert.equal(s?.staged ?? null, null, 'nothing is staged after a power cut (the marker lived in /run)');
-  assert.match(c2!.report.get('cmdline')!, new RegExp(`composefs=\\??${v1}`));
-  assert.match(c2!.hook.get('v2-file')!, /No such file/);
-  assert.match(c2!.hook.get('etc')!, /release=1 local=edited-on-v1/);
-  assert.equal(c2!.hook.get('fsck-rc'), '0', c2!.hookLines.join('\n'));
-  assert.ok(r2.powerCut, `the power was not cut during finalize:\n${tail(r2.serial)}`);
+    };
+    return { onSerial, state };
+  };
+  await waitForNoOtherVm();
 
-  // 3. after the cut during finalize: v1 (cut before the swap) or v2 (after), a consistent system either way
-  const r3 = await runOvmf({ ...machine, timeoutMs: 10 * 60_000, until: new RegExp(`BOOTCFS-REPORT done|${stops}`), onSerial: liveLog('/var/tmp/bootcfs-upgrade-boot-cut3-serial.log') });
+  // 1. power cut while `upgrade` runs (it takes ~70 s in this TCG guest)
+  const upgradeDelay = rng.int(3000, 60_000);
+  const cut1 = cutAfter(/BOOTCFS-HOOK upgrading: the power goes during the upgrade/, upgradeDelay, '/var/tmp/bootcfs-upgrade-boot-cut1-serial.log');
+  const r1 = await runOvmf({ ...machine, timeoutMs: 15 * 60_000, until: new RegExp(stops), onSerial: cut1.onSerial });
+  cut1.state.clear();
+  noBreakage(r1.serial);
+  const finishedFirst = /BOOTCFS-HOOK upgrade-finished-before-the-cut/.test(r1.serial);
+  console.log(`# power cut run 1: ${(r1.durationMs / 1000).toFixed(1)} s; cut ${upgradeDelay} ms after the upgrade started (${finishedFirst ? 'it had finished' : 'it was running'}; last line: ${cut1.state.lastLine?.slice(0, 160) ?? 'none'})`);
+  assert.ok(r1.powerCut, `the power was not cut during the upgrade:\n${tail(r1.serial)}`);
+
+  // 2. v1 boots, nothing staged, the repository passes fsck; v2 is staged, then the power goes
+  const STAGED = /BOOTCFS-HOOK staged: waiting for the power cut/;
+  const r2 = await runOvmf({ ...machine, timeoutMs: 20 * 60_000, until: new RegExp(`${STAGED.source}|${stops}`), onSerial: liveLog('/var/tmp/bootcfs-upgrade-boot-cut2-serial.log') });
+  noBreakage(r2.serial);
+  const c2 = boots(r2.serial)[0];
+  console.log(`# power cut run 2: ${(r2.durationMs / 1000).toFixed(1)} s (QEMU killed after staging)`);
+  assert.ok(r2.matched && STAGED.test(r2.serial), `v2 was not staged after the cut during the upgrade:\n${tail(r2.serial)}`);
+  assert.equal(c2!.hook.get('phase'), '1');
+  assert.equal(c2!.hook.get('fsck-rc'), '0', `bootcfs internals fsck after the cut during the upgrade:\n${c2!.hookLines.join('\n')}`);
+  const s2 = parseStatus(c2!.hook.get('status'), 'after the cut during the upgrade').status;
+  assert.equal(s2?.booted?.composefs?.verity, v1, 'the old deployment boots after a cut during the upgrade');
+  assert.equal(s2?.staged ?? null, null, 'nothing is staged after a power cut (the marker lived in /run)');
+  assert.match(c2!.hook.get('etc')!, /release=1 local=edited-on-v1/);
+  const v2 = parseStatus(c2!.hook.get('status-staged'), 'staged').status?.staged?.composefs?.verity;
+  assert.ok(v2 && v2 !== v1);
+
+  // 3. v1 boots, nothing staged; it stages again and reboots; the power goes while finalize runs
+  const finalizeDelay = rng.int(0, 4000);
+  const cut3 = cutAfter(/Finalizing staged deployment [0-9a-f]+/, finalizeDelay, '/var/tmp/bootcfs-upgrade-boot-cut3-serial.log');
+  const r3 = await runOvmf({ ...machine, timeoutMs: 20 * 60_000, until: new RegExp(`BOOTCFS-REPORT uptime[\\s\\S]*BOOTCFS-REPORT uptime|${stops}`), onSerial: cut3.onSerial });
+  cut3.state.clear();
+  noBreakage(r3.serial);
   const c3 = boots(r3.serial)[0];
-  assert.doesNotMatch(r3.serial, FATAL, tail(r3.serial));
-  assert.doesNotMatch(r3.serial, SHELL_OFFERED, tail(r3.serial));
-  assert.ok(c3?.report.has('done'), `no boot report after the power cut during finalize:\n${tail(r3.serial)}`);
-  const s3 = parseStatus(c3.hook.get('status'), 'after the power cut during finalize').status;
-  const booted = s3?.booted?.composefs?.verity;
-  console.log(`# power cut run 3: ${(r3.durationMs / 1000).toFixed(1)} s to the report; booted ${booted === v2 ? 'the new deployment (v2)' : booted === v1 ? 'the old deployment (v1)' : booted}`);
+  console.log(`# power cut run 3: ${(r3.durationMs / 1000).toFixed(1)} s; power cut ${finalizeDelay} ms after "Finalizing staged deployment" (last line before: ${cut3.state.lastLine?.slice(0, 160) ?? 'none'}); finalized before the cut: ${/Finalized staged deployment/.test(r3.serial)}`);
+  assert.ok(c3?.report.has('status'), `no boot report after the power cut after staging:\n${tail(r3.serial)}`);
+  assert.equal(c3!.hook.get('phase'), '2');
+  const s3 = parseStatus(c3!.hook.get('status'), 'after the power cut after staging').status;
+  assert.equal(s3?.booted?.composefs?.verity, v1, 'the old deployment boots: nothing was finalized');
+  assert.equal(s3?.staged ?? null, null, 'nothing is staged after a power cut (the marker lived in /run)');
+  assert.match(c3!.report.get('cmdline')!, new RegExp(`composefs=\\??${v1}`));
+  assert.match(c3!.hook.get('v2-file')!, /No such file/);
+  assert.ok(r3.powerCut, `the power was not cut during finalize:\n${tail(r3.serial)}`);
+
+  // 4. after the cut during finalize: v1 (cut before the swap) or v2 (after), a consistent system either way
+  const r4 = await runOvmf({ ...machine, timeoutMs: 15 * 60_000, until: new RegExp(`BOOTCFS-REPORT done|${stops}`), onSerial: liveLog('/var/tmp/bootcfs-upgrade-boot-cut4-serial.log') });
+  noBreakage(r4.serial);
+  const c4 = boots(r4.serial)[0];
+  assert.ok(c4?.report.has('done'), `no boot report after the power cut during finalize:\n${tail(r4.serial)}`);
+  const s4 = parseStatus(c4.hook.get('status'), 'after the power cut during finalize').status;
+  const booted = s4?.booted?.composefs?.verity;
+  console.log(`# power cut run 4: ${(r4.durationMs / 1000).toFixed(1)} s to the report; booted ${booted === v2 ? 'the new deployment (v2)' : booted === v1 ? 'the old deployment (v1)' : booted}`);
   assert.ok(booted === v1 || booted === v2, `the old or the new deployment boots, not ${booted}`);
-  assert.equal(s3?.staged ?? null, null);
-  assert.equal(c3.hook.get('fsck-rc'), '0', `bootcfs internals fsck after the cut:\n${c3.hookLines.join('\n')}`);
-  assert.match(c3.hook.get('etc')!, /local=edited-on-v1/, 'the local /etc edit survives on whichever deployment boots');
+  assert.equal(s4?.staged ?? null, null);
+  assert.equal(c4.hook.get('fsck-rc'), '0', `bootcfs internals fsck after the cut:\n${c4.hookLines.join('\n')}`);
+  assert.match(c4.hook.get('etc')!, /local=edited-on-v1/, 'the local /etc edit survives on whichever deployment boots');
   if (booted === v2) {
-    assert.equal(s3?.rollback?.composefs?.verity, v1);
-    assert.match(c3.hook.get('v2-file')!, /exists only in v2/);
+    assert.equal(s4?.rollback?.composefs?.verity, v1);
+    assert.match(c4.hook.get('v2-file')!, /exists only in v2/);
   } else {
-    assert.match(c3.hook.get('v2-file')!, /No such file/);
+    assert.match(c4.hook.get('v2-file')!, /No such file/);
   }
 });
