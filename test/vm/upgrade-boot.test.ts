@@ -226,8 +226,9 @@ function usageOf(line: string | undefined): Record<string, number> {
   return u;
 }
 
-test('v1 → /etc edits → upgrade to v2 from a registry → reboot (finalize) → v2 with the edits → rollback → v1 → N upgrade cycles', { timeout: 150 * 60_000 }, async () => {
-  const N = cases(2, 20);
+const CYCLES = cases(2, 20);
+test('v1 → /etc edits → upgrade to v2 from a registry → reboot (finalize) → v2 with the edits → rollback → v1 → N upgrade cycles', { timeout: (40 + 8 * CYCLES) * 60_000 }, async () => {
+  const N = CYCLES;
   registry = await startRegistry();
   const t0 = Date.now();
   skopeoCopy(`oci:${image.layout}:v2`, `docker://${registry.host}/demo:stable`, ['--dest-tls-verify=false']);
@@ -264,7 +265,7 @@ test('v1 → /etc edits → upgrade to v2 from a registry → reboot (finalize) 
   if (waited > 2000) console.log(`# waited ${(waited / 1000).toFixed(1)} s for another VM to finish`);
   const r = await runOvmf({
     disk: d.disk, vars: setupModeVars(path.join(work, 'vars.fd')), secureBoot: false, allowReboot: true, network: 'user', memMiB: 1536,
-    timeoutMs: (25 + 4 * N) * 60_000, until: new RegExp(`${FINAL.source}|${FATAL.source}|${SHELL_OFFERED.source}|${HOOK_FAIL.source}`), onSerial,
+    timeoutMs: (25 + 7 * N) * 60_000 /* a cycle takes 4-5 min under TCG */, until: new RegExp(`${FINAL.source}|${FATAL.source}|${SHELL_OFFERED.source}|${HOOK_FAIL.source}`), onSerial,
   });
   await fsp.writeFile(path.join(work, 'serial.log'), r.serial);
   await fsp.writeFile('/var/tmp/bootcfs-upgrade-boot-serial.log', r.serial);
