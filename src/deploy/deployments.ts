@@ -503,7 +503,7 @@ export async function imageOfManifest(repo: Repository, manifestDigest: string):
   for (const [name] of ms.namedRefs) if (name.startsWith('config:')) configStream = configStreamName(name.slice('config:'.length));
   if (configStream === undefined) throw new DeployError(`the manifest stream of ${manifestDigest} names no config`);
   // contents are read through treeReader (verified), so the objects need no stat() here
-  const tree = await buildImageTree(repo, await configDiffIds(repo, configStream), undefined, { trustObjects: true });
+  const tree = await buildImageTree(repo, await configDiffIds(repo, configStream), { trustObjects: true });
   return { tree, read: treeReader(repo), configStream };
 }
 

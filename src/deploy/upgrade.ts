@@ -239,7 +239,7 @@ async function upgradeLocked(ctx: DeployContext, opts: UpgradeOptions): Promise<
       if (isSwitch) throw new DeployError(`Target image has the same fs-verity digest as an existing deployment: ${msg}`);
       return { kind: 'unchanged', reference: ref, message: `No changes: ${msg}.` };
     }
-    const next: DeploymentImage = { tree: await buildImageTree(repo, await configDiffIds(repo, pulled.configStream), undefined, { trustObjects: true }), read: treeReader(repo), configStream: pulled.configStream };
+    const next: DeploymentImage = { tree: await buildImageTree(repo, await configDiffIds(repo, pulled.configStream), { trustObjects: true }), read: treeReader(repo), configStream: pulled.configStream };
 
     // 4. /etc dry run
     const cur = await imageOfDeployment(ctx, repo, current.digest);

@@ -166,7 +166,8 @@ export async function writeDeployment(root: string, opts: DeployOptions): Promis
     lap('pull');
     opts.onStep?.('deployment');
     // the image as it is (before the bootable transform, which empties /boot): /etc, /var and boot files
-    const tree: FileSystem = await buildImageTree(repo, await configDiffIds(repo, pulled.configStream));
+    // (the pull just stored and checked every object; contents are read verified below)
+    const tree: FileSystem = await buildImageTree(repo, await configDiffIds(repo, pulled.configStream), { trustObjects: true });
     lap('tree');
     const digest = pulled.bootImageId!.toString('hex');
     const fromRepo = repositoryContentReader(repo);

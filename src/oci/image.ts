@@ -71,13 +71,7 @@ export function ociTagRef(tag: string): string {
 
 const ZEROS = Buffer.alloc(256 * 1024);
 
-/** Object sizes already known to the caller (hex digest → bytes), e.g. from the import that stored them. */
-export type ObjectSizes = ReadonlyMap<string, number>;
-
-async function objectSize(repo: Repository, digest: Buffer, known: ObjectSizes | undefined): Promise<number> {
-  // A digest names content, so a size recorded when that content was stored is its size for good.
-  const size = known?.get(digest.toString('hex'));
-  if (size !== undefined) return size;
+async function objectSize(repo: Repository, digest: Buffer): Promise<number> {
   try {
     // synchronous: see Repository's exists() — a stat per object of every layer
     return statSync(repo.objectPath(digest)).size;
@@ -87,13 +81,13 @@ async function objectSize(repo: Repository, digest: Buffer, known: ObjectSizes |
 }
 
 /** Applies the layer stream `name` to `builder` (see the file comment). */
-async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, name: string, known: ObjectSizes | undefined, trusted: boolean): Promise<void> {
+async function applyLayerStream(repo: Repository, builder: LayerTreeBuilder, name: string, trusted: boolean): Promise<void> {
   // Read piece by piece (readSplitStreamFile): a layer's stream section decompresses to every tar header
   // of the layer, tens of MiB for a large one, which need never be in memory at once. Same checks as
   // repo.openStream (openObject verifies the kernel's fs-verity digest in a secure repository).
   const file = await repo.openObject(await repo.streamDigest(name));
   try {
-    await applyLayerChunks(repo, builder, name, known, trusted, await readSplitStreamFile(file, repo.algorithm));
+    await applyLayerChunks(repo, builder, name, trusted, await readSplitStreamFile(file, repo.algorithm));
   } finally {
     await file.close();
   }
@@ -103,7 +97,6 @@ async function applyLayerChunks(
   repo: Repository,
   builder: LayerTreeBuilder,
   name: string,
-  known: ObjectSizes | undefined,
   trusted: boolean,
   ss: SplitStreamReader,
 ): Promise<void> {
@@ -152,9 +145,9 @@ async function applyLayerChunks(
       expect = undefined;
       const digest = pending.shift();
       if (digest === undefined || pending.length !== 0) throw misplaced();
-      // The image takes the size from the tar header; the object must agree (unless the caller has just
-      // stored it from this very entry).
-      if (!trusted && (await objectSize(repo, digest, known)) !== entry.size) {
+      // The image takes the size from the tar header; the object must agree (unless the caller trusts
+      // the stored objects).
+      if (!trusted && (await objectSize(repo, digest)) !== entry.size) {
         throw new FormatError(`layer stream '${name}': object for ${printable(entry.path)} has the wrong size`, entry.dataOffset);
       }
       return digest;
@@ -169,24 +162,14 @@ function printable(s: string): string {
 
 /**
  * The merged, xattr-filtered, OCI-transformed tree of the given layers (their streams must exist).
- * Every external object is checked to exist with the size its tar header gives, except:
- * `objectSizes`: sizes of objects the caller knows, so they are not stat()ed;
- * `opts.layersStoredByCaller`: diff_ids of layers whose objects the caller (pull) has just stored from the
- * very tar entries their streams describe; their objects are not checked again (no per-object lookup);
- * `opts.trustObjects`: no layer's objects are checked — for callers that read file contents only through
- * a verifying reader (`repositoryContentReader`) or check the objects themselves (`writeImage` does).
+ * Every external object is checked to exist with the size its tar header gives, unless
+ * `opts.trustObjects`: for callers that read file contents only through a verifying reader
+ * (`repositoryContentReader`) or check the objects themselves (`Repository.writeImage` does) — a stat
+ * per object is most of the cost of rebuilding a large image's tree.
  */
-export async function buildImageTree(
-  repo: Repository,
-  diffIds: readonly string[],
-  objectSizes?: ObjectSizes,
-  opts: { bootable?: boolean; layersStoredByCaller?: ReadonlySet<string>; trustObjects?: boolean } = {},
-): Promise<FileSystem> {
+export async function buildImageTree(repo: Repository, diffIds: readonly string[], opts: { bootable?: boolean; trustObjects?: boolean } = {}): Promise<FileSystem> {
   const builder = new LayerTreeBuilder();
-  for (const diffId of diffIds) {
-    const trusted = opts.trustObjects === true || opts.layersStoredByCaller?.has(diffId) === true;
-    await applyLayerStream(repo, builder, layerStreamName(diffId), objectSizes, trusted);
-  }
+  for (const diffId of diffIds) await applyLayerStream(repo, builder, layerStreamName(diffId), opts.trustObjects === true);
   const fs = builder.finish();
   applyXattrRule(fs);
   transformForOci(fs);
@@ -250,7 +233,7 @@ export async function resolveConfigStream(repo: Repository, tagOrConfigDigest: s
 export async function computeImageId(repo: Repository, tagOrConfigDigest: string, opts: ImageIdOptions = {}): Promise<Buffer> {
   const algorithm = opts.algorithm ?? repo.algorithm;
   const diffIds = await configDiffIds(repo, await resolveConfigStream(repo, tagOrConfigDigest));
-  const fs = await buildImageTree(repo, diffIds, undefined, { bootable: opts.bootable });
+  const fs = await buildImageTree(repo, diffIds, { bootable: opts.bootable });
   // Object digests in the tree are the repository's; another algorithm needs every object re-measured
   // (read back from the repository; hardlinked inodes once).
   if (algorithm !== repo.algorithm) await remeasure(repo, fs, algorithm);
@@ -307,7 +290,7 @@ export async function addConfigRefs(repo: Repository, configStream: string, set:
  */
 export async function createImage(repo: Repository, tagOrConfigDigest: string, opts: { bootable?: boolean; name?: string } = {}): Promise<Buffer> {
   const configStream = await resolveConfigStream(repo, tagOrConfigDigest);
-  const fs = await buildImageTree(repo, await configDiffIds(repo, configStream), undefined, { bootable: opts.bootable });
+  const fs = await buildImageTree(repo, await configDiffIds(repo, configStream), { bootable: opts.bootable });
   const id = await repo.writeImage(writeImageBytes(fs, repo.erofsFormat, repo.algorithm), opts.name);
   await addConfigRefs(repo, configStream, new Map([[imageRefName(opts.bootable), id]]));
   return id;

@@ -284,7 +284,7 @@ export async function pullImage(repo: Repository, ref: string, opts: PullOptions
     // object check) and the whole pull's memory peak is there, so nothing else should still be held.
     // (objects of layers stored earlier are not stat()ed here: writeImage checks that every object the
     // image names exists, and their content was verified when they were stored)
-    let tree: FileSystem | undefined = await buildImageTree(repo, diffIds, undefined, { trustObjects: true });
+    let tree: FileSystem | undefined = await buildImageTree(repo, diffIds, { trustObjects: true });
     let image: Buffer | undefined = opts.bootable
       ? writeImageBytes(tree, repo.erofsFormat, repo.algorithm)
       : writeImageBytesTaking(() => {
