@@ -482,7 +482,7 @@ test('power cut during the upgrade, right after staging, and during finalize at 
   assert.ok(r3.powerCut, `the power was not cut during finalize:\n${tail(r3.serial)}`);
 
   // 4. after the cut during finalize: v1 (cut before the swap) or v2 (after), a consistent system either way
-  const r4 = await runOvmf({ ...machine, timeoutMs: 15 * 60_000, until: new RegExp(`BOOTCFS-REPORT done|${stops}`), onSerial: liveLog('/var/tmp/bootcfs-upgrade-boot-cut4-serial.log') });
+  const r4 = await runOvmf({ ...machine, timeoutMs: 25 * 60_000, until: new RegExp(`BOOTCFS-REPORT done|${stops}`), onSerial: liveLog('/var/tmp/bootcfs-upgrade-boot-cut4-serial.log') });
   noBreakage(r4.serial);
   const c4 = boots(r4.serial)[0];
   assert.ok(c4?.report.has('done'), `no boot report after the power cut during finalize:\n${tail(r4.serial)}`);
