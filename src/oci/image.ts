@@ -25,7 +25,6 @@
  * the header (stat, or sizes the caller knows) except for layers the caller has just stored itself.
  * The stream is read piece by piece (readSplitStreamFile), so memory holds the tree, not the stream.
  */
-import * as fsp from 'node:fs/promises';
 import { statSync } from 'node:fs';
 import { BootcfsError, FormatError, NotSupportedError } from '../errors.js';
 import { fsverityDigest, type HashAlgorithm } from '../fsverity/index.js';
